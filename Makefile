@@ -1,0 +1,53 @@
+# partialnet: `make install` then `make test`. `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian packages the project needs (Fashion-MNIST is the embedded default data).
+APT_PACKAGES := dataset-fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_FLAGS ?=
+
+.PHONY: help install apt venv test test-all demo bench lint clean wandb-sync
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: apt venv ## create .venv, install Debian packages and pinned Python packages
+
+apt: ## install the Debian packages (apt-get, non-interactive; sudo when not root)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "Debian packages present: $(APT_PACKAGES)"; fi
+
+venv: ## create .venv and install the package with pinned dependencies
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+
+test: ## fast test tier (CPU, no slow tests)
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_FLAGS)
+
+test-all: ## every test, slow ones included
+	$(PY) -m pytest -q $(PYTEST_FLAGS)
+
+demo: ## train on the embedded default data (Fashion-MNIST), then evaluate the checkpoint
+	$(PY) train.py hydra.run.dir=outputs/demo/$$(date +%Y%m%d_%H%M%S)_$$$$ \
+	  && $(PY) eval.py ckpt=$$(ls -td outputs/demo/*/ | head -1)checkpoints/last.ckpt
+
+bench: ## run every benchmark in bench/ and write bench/RESULTS.md
+	$(PY) bench/run_all.py
+
+lint: ## byte-compile everything and run ruff if installed
+	$(PY) -m compileall -q partialnet train.py eval.py search_dpconv.py bench tests
+	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check partialnet tests bench *.py; fi
+
+wandb-sync: ## upload every offline W&B run under outputs/ (in parallel)
+	@find outputs -type d -name 'offline-run-*' | xargs -r -P 4 -n 1 $(VENV)/bin/wandb sync
+
+clean: ## remove caches and build files (keeps outputs/ and .venv)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf .pytest_cache build dist *.egg-info
