@@ -1,1 +1,4 @@
+"""Measurement: params/MACs counting (MACs = the papers' "FLOPs"), speed, plots."""
+from partialnet.measure.count import count, format_counts
 
+__all__ = ["count", "format_counts"]

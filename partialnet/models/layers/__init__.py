@@ -1,1 +1,18 @@
+"""Building blocks. Split blocks take ``[X_p | X_u]`` with the conv part first."""
+from partialnet.models.layers.pat import PATChannel, PATSpatial, StatsBatchNorm2d
+from partialnet.models.layers.pat_self import PATSelf, heads_for
+from partialnet.models.layers.pconv import PartialConv, PartialSplit, conv_channels
+from partialnet.models.layers.rpe import EuclideanRPE, euclidean_bucket_index
 
+__all__ = [
+    "PartialSplit",
+    "PartialConv",
+    "PATChannel",
+    "PATSpatial",
+    "PATSelf",
+    "StatsBatchNorm2d",
+    "EuclideanRPE",
+    "conv_channels",
+    "euclidean_bucket_index",
+    "heads_for",
+]

@@ -1,0 +1,17 @@
+"""Small Lightning callbacks specific to partialnet."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+
+class StopAfterEpoch(pl.Callback):
+    """Stop cleanly after ``epoch`` epochs (checkpoint written), keeping the LR schedule of
+    ``trainer.max_epochs``. Train a long schedule in chunks: re-launch into the same run dir
+    (``run_name=...``) and it resumes where it stopped."""
+
+    def __init__(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epoch:
+            trainer.should_stop = True

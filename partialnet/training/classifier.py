@@ -1,0 +1,223 @@
+"""``ClassificationModule``: the LightningModule that trains any backbone.
+
+- Loss: timm Mixup/CutMix + label smoothing with soft-target cross-entropy when mixing is on,
+  plain (label-smoothed) cross-entropy otherwise.
+- Metrics: torchmetrics top-1/top-5 (synced across ranks).
+- Multi-scale: each training batch is resized to ``resolution_at(epoch)`` (a pure function of
+  the epoch; no dataloader reloads).
+- EMA (optional): timm ``ModelEmaV3`` kept as the ``ema`` submodule, so raw and averaged
+  weights are both in every checkpoint; validation reports EMA as ``val/*`` and raw as
+  ``val_raw/*``.
+- Randomness: at each epoch start the global RNGs are re-seeded from (seed, epoch, rank), so a
+  run resumed at an epoch boundary draws exactly the same numbers as an uninterrupted one.
+- ``torch.compile`` wraps only the inner model and is kept out of the module tree, so
+  checkpoint keys stay ``model.*``.
+"""
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torchmetrics.classification import MulticlassAccuracy
+
+from partialnet.training.multiscale import resolution_at
+from partialnet.training.optim import build_optimizer, build_scheduler, scaled_lr
+
+
+def _mix_seed(*parts: int) -> int:
+    h = 0x9E3779B1
+    for p in parts:
+        h = (h * 1_000_003) ^ (int(p) & 0xFFFFFFFF)
+    return h & 0x7FFFFFFF
+
+
+class ClassificationModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optim: dict,
+        sched: dict,
+        aug: dict | None = None,
+        ema: dict | None = None,
+        global_batch_size: int = 256,
+        image_size: int = 224,
+        multiscale: list | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        seed: int = 0,
+        model_spec: dict | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.num_classes = int(num_classes)
+        self.optim_cfg = dict(optim)
+        self.sched_cfg = dict(sched)
+        self.aug_cfg = dict(aug or {})
+        self.global_batch_size = int(global_batch_size)
+        self.image_size = int(image_size)
+        self.multiscale = multiscale
+        self.use_channels_last = bool(channels_last)
+        self.use_compile = bool(compile)
+        self.seed = int(seed)
+        # Everything needed to rebuild the bare model (eval.py, export): name + kwargs.
+        self.model_spec = dict(model_spec or {})
+        self.lr = scaled_lr(
+            float(self.optim_cfg["base_lr"]), self.global_batch_size, int(self.optim_cfg["ref_batch_size"])
+        )
+
+        a = self.aug_cfg
+        self.mixup_fn = None
+        if float(a.get("mixup", 0)) > 0 or float(a.get("cutmix", 0)) > 0:
+            self.mixup_fn = Mixup(
+                mixup_alpha=float(a.get("mixup", 0)),
+                cutmix_alpha=float(a.get("cutmix", 0)),
+                prob=float(a.get("mixup_prob", 1.0)),
+                switch_prob=float(a.get("switch_prob", 0.5)),
+                label_smoothing=float(a.get("label_smoothing", 0.0)),
+                num_classes=self.num_classes,
+            )
+            self.train_loss_fn: nn.Module = SoftTargetCrossEntropy()
+        else:
+            self.train_loss_fn = nn.CrossEntropyLoss(label_smoothing=float(a.get("label_smoothing", 0.0)))
+
+        ema = dict(ema or {})
+        self.ema = None
+        if ema.get("decay") is not None:
+            self.ema = ModelEmaV3(model, decay=float(ema["decay"]), use_warmup=bool(ema.get("warmup", False)))
+            self.ema.requires_grad_(False)
+
+        top5 = min(5, self.num_classes)
+        self.val_acc1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(self.num_classes, top_k=top5, average="micro")
+        self.raw_acc1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
+        self.raw_acc5 = MulticlassAccuracy(self.num_classes, top_k=top5, average="micro")
+        self._compiled: Any = None
+        self._step_t0: float | None = None
+        self._epoch_t0: float | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def setup(self, stage: str) -> None:
+        if self._on_cuda() and self.use_channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self._on_cuda() and self.use_compile and self._compiled is None:
+            # Not an attribute nn.Module tracks: state_dict keys stay `model.*`.
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._compiled or self.model)(x)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self._on_cuda() and self.use_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # ------------------------------------------------------------------ train
+    def on_train_epoch_start(self) -> None:
+        s = _mix_seed(self.seed, self.current_epoch, self.global_rank)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        self._epoch_t0 = time.perf_counter()
+        self._step_t0 = None
+
+    def current_resolution(self) -> int:
+        return resolution_at(self.current_epoch, self.multiscale, self.image_size)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        res = self.current_resolution()
+        if x.shape[-1] != res or x.shape[-2] != res:
+            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
+        x = self._prepare(x)
+        target = y
+        if self.mixup_fn is not None:
+            x, target = self.mixup_fn(x, y)
+        logits = self._train_forward(x)
+        loss = self.train_loss_fn(logits, target)
+        if not torch.isfinite(loss):
+            from partialnet.errors import UserError
+
+            raise UserError(
+                f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
+                "lower optim.base_lr, set trainer.gradient_clip_val=1.0, or use trainer.precision=32-true"
+            )
+        now = time.perf_counter()
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=False)
+        if self._step_t0 is not None:
+            ips = bs * self.trainer.world_size / max(now - self._step_t0, 1e-9)
+            self.log("train/images_per_s", ips, on_step=True, on_epoch=False, batch_size=bs)
+        self._step_t0 = now
+        self.log("train/resolution", float(res), on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_t0 is not None:
+            self.log("train/epoch_time_s", time.perf_counter() - self._epoch_t0, on_epoch=True, sync_dist=True)
+
+    # ------------------------------------------------------------------ val
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        x = self._prepare(x)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        bs = x.shape[0]
+        if self.ema is not None:
+            self.raw_acc1.update(logits, y)
+            self.raw_acc5.update(logits, y)
+            self.log("val_raw/loss", loss, on_epoch=True, sync_dist=True, batch_size=bs)
+            logits = self.ema.module(x)
+            loss = F.cross_entropy(logits, y)
+        self.val_acc1.update(logits, y)
+        self.val_acc5.update(logits, y)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=False, sync_dist=True, batch_size=bs)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/acc1", self.val_acc1.compute() * 100.0, prog_bar=True, sync_dist=False)
+        self.log("val/acc5", self.val_acc5.compute() * 100.0, sync_dist=False)
+        self.val_acc1.reset()
+        self.val_acc5.reset()
+        if self.ema is not None:
+            self.log("val_raw/acc1", self.raw_acc1.compute() * 100.0)
+            self.log("val_raw/acc5", self.raw_acc5.compute() * 100.0)
+            self.raw_acc1.reset()
+            self.raw_acc5.reset()
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.optim_cfg, self.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        steps_per_epoch = max(1, total // epochs)
+        scheduler = build_scheduler(optimizer, self.sched_cfg, self.lr, total, steps_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ ckpt
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["partialnet"] = {
+            "model_spec": self.model_spec,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "has_ema": self.ema is not None,
+            "config": getattr(self, "run_config", None),
+        }

@@ -1,0 +1,111 @@
+"""train.py / eval.py end to end as a user runs them, and their one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST_TRAIN, assert_user_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = run_cli("train.py", FAST_TRAIN + [f"hydra.run.dir={out}", "trainer.max_epochs=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_train_writes_the_run_dir(trained_run):
+    out, proc = trained_run
+    assert "final val/acc1:" in proc.stdout
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "checkpoints").glob("best-epoch*.ckpt"))
+    assert (out / "metrics.csv").is_file() and (out / "config_resolved.yaml").is_file()
+    assert (out / ".hydra" / "config.yaml").is_file()
+    assert not list(out.glob("checkpoints/.*.tmp"))  # no temp files left behind
+
+
+def test_eval_reports_and_writes_json(trained_run):
+    out, _ = trained_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    proc = run_cli("eval.py", [f"ckpt={ckpt}", "speed.runs=2", "speed.warmup=1", f"hydra.run.dir={out}/eval"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MACs (the papers' FLOPs)" in proc.stdout and "threads" in proc.stdout
+    res = json.loads((out / "checkpoints" / "eval.json").read_text())
+    assert res["model"] == "partialnet_t0" and 0 <= res["val/acc1"] <= 100
+    assert res["params"] > 1e6 and res["macs"] > 1e6 and res["throughput"]["images_per_s"] > 0
+    assert res["latency"]["batch_size"] == 1 and res["throughput"]["threads"] >= 1
+
+
+def test_relaunch_into_same_dir_resumes(trained_run):
+    out, _ = trained_run
+    proc = run_cli("train.py", FAST_TRAIN + [f"hydra.run.dir={out}", "trainer.max_epochs=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from {out}/checkpoints/last.ckpt" in proc.stdout
+
+
+def test_multirun_sweep_gives_separate_runs(tmp_path):
+    proc = run_cli(
+        "train.py",
+        ["-m", *FAST_TRAIN, "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+         "model.split_ratio=0.5,0.25", f"paths.log_dir={tmp_path}"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent.parent for p in tmp_path.glob("train/multiruns/*/*/checkpoints/last.ckpt"))
+    assert len(runs) == 2 and len({r.name for r in runs}) == 2
+    assert {"0", "1"} == {r.name for r in runs}
+    for r, ratio in zip(runs, ("0.5", "0.25")):
+        assert f"split_ratio: {ratio}" in (r / "config_resolved.yaml").read_text()
+        assert (r / "metrics.csv").is_file()
+
+
+BAD = [
+    (["model=partialnet_t9"], ["model/partialnet_t9", "partialnet_t0"]),
+    (["data=imagenet_foldr"], ["data/imagenet_foldr"]),
+    (["experiment=nope"], ["experiment/nope"]),
+    (["trainer.max_epochz=3"], ["max_epochz"]),
+    (["data=imagenet_folder", "data.root=/does/not/exist"], ["/does/not/exist"]),
+    (["data.batch_size=33", "trainer.devices=2", "trainer.strategy=ddp"], ["33", "divisible"]),
+    (["optim.base_lr=-1"], ["base_lr"]),
+    (["model.split_ratio=0"], ["0", "ratio"]),
+    (["ckpt_path=/no/such.ckpt"], ["/no/such.ckpt"]),
+    (["trainer.accelerator=gpu"], ["accelerator=gpu", "cpu"]),
+]
+
+
+@pytest.mark.parametrize("overrides,needles", BAD, ids=[b[0][-1] for b in BAD])
+def test_bad_input_is_one_line_exit_2(tmp_path, overrides, needles):
+    if "accelerator=gpu" in overrides[0]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    base = FAST_TRAIN
+    if any(o.startswith("data=") for o in overrides):  # another data group: drop synthetic's keys
+        base = [a for a in FAST_TRAIN if not a.startswith("data")]
+    proc = run_cli("train.py", base + [f"paths.log_dir={tmp_path}", *overrides])
+    assert_user_error(proc, *needles)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_corrupt_checkpoint_is_one_line_and_untouched(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    proc = run_cli("eval.py", [f"ckpt={bad}", f"hydra.run.dir={tmp_path}/e"])
+    assert_user_error(proc, str(bad))
+    assert bad.read_bytes() == b"not a checkpoint at all"
+    proc = run_cli("eval.py", [f"ckpt={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}/e"])
+    assert_user_error(proc, "missing.ckpt")
+    proc = run_cli("train.py", FAST_TRAIN + [f"ckpt_path={bad}", f"hydra.run.dir={tmp_path}/t"])
+    assert_user_error(proc, "bad.ckpt")
+    assert bad.read_bytes() == b"not a checkpoint at all"
+
+
+def test_checkpoint_of_another_architecture(trained_run, tmp_path):
+    out, _ = trained_run
+    proc = run_cli("train.py", FAST_TRAIN + ["model=fasternet_t0", f"ckpt_path={out}/checkpoints/last.ckpt",
+                                             f"hydra.run.dir={tmp_path}/t"])
+    assert_user_error(proc, "last.ckpt", "fasternet_t0")

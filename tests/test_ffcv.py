@@ -1,0 +1,350 @@
+"""FFCV pipeline: .beton writer, loaders, Lightning integration, failure modes.
+
+Real images: a few CIFAR-10 JPEGs taken from ``<repo>/../shared/data/cifar10-train.tar.gz`` at
+test time (skipped when the archive is absent). Every test that needs FFCV carries the
+``requires_ffcv`` mark and skips when ``ffcv`` is not installed; the last test (FFCV import
+blocked) runs everywhere, since it checks the fallback a user without FFCV sees.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from partialnet.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-train.tar.gz"
+N_CLASSES, PER_CLASS = 4, 10
+BATCH = 8
+
+requires_ffcv = pytest.mark.requires_ffcv
+# numba's dispatcher finalizer raises a harmless KeyError when FFCV's per-Loader JIT functions are
+# garbage-collected (FFCV re-jits the same Python functions for every Loader); a training run keeps
+# its loaders alive, the tests drop several. Collect them here, inside the module, and ignore it.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in.*finalize object:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_jit_garbage():
+    yield
+    import gc
+
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def ffcv_mod():
+    return pytest.importorskip("ffcv")
+
+
+@pytest.fixture(scope="module")
+def cifar_jpegs():
+    """{class: [jpeg bytes, ...]} for N_CLASSES classes x PER_CLASS real photos."""
+    if not ARCHIVE.is_file():
+        pytest.skip(f"CIFAR-10 archive not found at {ARCHIVE}")
+    out: dict[str, list[bytes]] = {}
+    with tarfile.open(ARCHIVE, "r|gz") as tar:
+        for m in tar:
+            parts = Path(m.name).parts
+            if not m.isfile() or not m.name.endswith(".jpg") or len(parts) < 2:
+                continue
+            cls = parts[-2]
+            if cls not in out and len(out) == N_CLASSES:
+                if all(len(v) >= PER_CLASS for v in out.values()):
+                    break
+                continue
+            lst = out.setdefault(cls, [])
+            if len(lst) < PER_CLASS:
+                lst.append(tar.extractfile(m).read())
+    assert len(out) == N_CLASSES and all(len(v) == PER_CLASS for v in out.values())
+    return out
+
+
+@pytest.fixture(scope="module")
+def img_dir(tmp_path_factory, cifar_jpegs):
+    root = tmp_path_factory.mktemp("folder")
+    for cls, blobs in cifar_jpegs.items():
+        (root / cls).mkdir()
+        for i, b in enumerate(blobs):
+            (root / cls / f"{i:03d}.jpg").write_bytes(b)
+    return root
+
+
+@pytest.fixture(scope="module")
+def beton(ffcv_mod, img_dir, tmp_path_factory):
+    from partialnet.data.ffcv import write_beton
+
+    out = tmp_path_factory.mktemp("beton") / "train.beton"
+    write_beton(str(img_dir), out, max_res=64, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dm(beton):
+    from partialnet.data.ffcv import FFCVDataModule
+
+    return FFCVDataModule(
+        str(beton), str(beton), batch_size=BATCH, num_workers=2, image_size=32, crop_pct=1.0,
+        multiscale=[[0, 32], [1, 40]], seed=7,
+    )
+
+
+def _folder_samples(root: Path):
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    return [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).glob("*.jpg"))]
+
+
+# ---------------------------------------------------------------------------------------------
+@requires_ffcv
+def test_write_read_back(beton, img_dir):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    samples = _folder_samples(img_dir)
+    side = json.loads(Path(str(beton) + ".json").read_text())
+    assert side["num_samples"] == len(samples) == N_CLASSES * PER_CLASS
+    assert side["num_classes"] == N_CLASSES and side["class_names"] == sorted(p.name for p in img_dir.iterdir())
+    assert side["class_counts"] == [PER_CLASS] * N_CLASSES
+    assert side["skipped"]["count"] == 0 and side["file_bytes"] == beton.stat().st_size
+    assert side["writer"]["max_resolution"] == 64 and side["writer"]["jpeg_quality"] == 90
+
+    loader = Loader(str(beton), batch_size=len(samples), num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines={"image": [SimpleRGBImageDecoder(), ToTensor()],
+                                                "label": [IntDecoder(), ToTensor()]})
+    (images, labels), = list(loader)
+    assert labels.reshape(-1).tolist() == [lab for _, lab in samples]
+    src = np.stack([np.asarray(Image.open(f).convert("RGB")) for f, _ in samples]).astype(np.float32)
+    diff = np.abs(images.numpy().astype(np.float32) - src).mean(axis=(1, 2, 3))
+    # raw samples are exact, JPEG-q90 re-encoded ones close
+    assert diff.mean() < 2.5 and diff.max() < 6.0, diff
+    assert (diff == 0).sum() >= 5  # about half are stored raw (compress_prob 0.5)
+
+
+@requires_ffcv
+def test_refuses_overwrite_and_force(ffcv_mod, img_dir, tmp_path):
+    from partialnet.data.ffcv import main
+
+    out = tmp_path / "small.beton"
+    assert main(["write", "--src", str(img_dir), "--out", str(out), "--limit", "6", "--workers", "1", "--quiet"]) == 0
+    before = out.read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "partialnet.data.ffcv", "write", "--src", str(img_dir), "--out", str(out)],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--force" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert out.read_bytes() == before
+    assert main(["write", "--src", str(img_dir), "--out", str(out), "--limit", "8", "--workers", "1", "--quiet",
+                 "--force"]) == 0
+    assert json.loads(Path(str(out) + ".json").read_text())["num_samples"] == 8
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@requires_ffcv
+def test_corrupt_images_skipped_and_counted(ffcv_mod, cifar_jpegs, tmp_path):
+    from partialnet.data.ffcv import FFCVDataModule, write_beton
+
+    root = tmp_path / "src"
+    blobs = cifar_jpegs[sorted(cifar_jpegs)[0]]
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            (root / cls / f"{i}.jpg").write_bytes(blobs[i])
+    # variable sizes: upsampled photos
+    for i, (w, h) in enumerate([(48, 40), (64, 64), (40, 56)]):
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(blobs[5 + i])).resize((w, h), Image.BICUBIC).save(buf, "JPEG", quality=90)
+        (root / "b" / f"big{i}.jpg").write_bytes(buf.getvalue())
+    (root / "a" / "truncated.jpg").write_bytes(blobs[4][: len(blobs[4]) // 2])
+    (root / "b" / "garbage.jpg").write_bytes(b"not an image at all" * 10)
+    out = tmp_path / "c.beton"
+    side = write_beton(str(root), out, workers=1, progress=False)
+    assert side["num_samples"] == 9 and side["class_counts"] == [3, 6]
+    assert side["skipped"]["count"] == 2
+    assert sorted(Path(s["path"]).name for s in side["skipped"]["files"]) == ["garbage.jpg", "truncated.jpg"]
+    # the variable-size file decodes through the eval pipeline
+    d = FFCVDataModule(str(out), str(out), batch_size=4, num_workers=1, image_size=24, crop_pct=0.875)
+    assert d.num_classes == 2
+    ys = []
+    for x, y in d.val_dataloader():
+        assert x.shape[1:] == (3, 24, 24) and x.dtype == torch.float32 and torch.isfinite(x).all()
+        ys += y.tolist()
+    assert ys == [0, 0, 0] + [1] * 6
+
+
+@requires_ffcv
+def test_truncated_beton_is_a_user_error(beton, tmp_path):
+    from partialnet.data.ffcv import FFCVDataModule, check_beton
+
+    bad = tmp_path / "bad.beton"
+    data = beton.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    shutil.copy(str(beton) + ".json", str(bad) + ".json")
+    with pytest.raises(UserError) as e:
+        FFCVDataModule(str(bad), None, batch_size=8, num_workers=1)
+    msg = str(e.value)
+    assert "\n" not in msg and "truncated" in msg and str(bad) in msg
+    os.remove(str(bad) + ".json")  # without the sidecar the header check still catches it
+    with pytest.raises(UserError, match="truncated"):
+        check_beton(bad)
+    (tmp_path / "x.beton").write_bytes(b"\x07" * 100)
+    with pytest.raises(UserError, match="not an FFCV .beton"):
+        check_beton(tmp_path / "x.beton")
+    with pytest.raises(UserError, match="not found"):
+        FFCVDataModule(str(tmp_path / "missing.beton"), None)
+
+
+@requires_ffcv
+def test_batch_size_must_divide_world_size(dm):
+    from types import SimpleNamespace
+
+    from partialnet.data.ffcv import FFCVDataModule
+
+    d = FFCVDataModule(dm.train_beton, None, batch_size=10, num_workers=1)
+    d.trainer = SimpleNamespace(world_size=4, current_epoch=0)
+    with pytest.raises(UserError, match="not divisible by world size 4"):
+        d.setup("fit")
+    d.trainer = SimpleNamespace(world_size=2, current_epoch=0)
+    d.setup("fit")
+    assert d.per_device_batch_size == 5
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.fc = torch.nn.Linear(8, n)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def _lit(num_classes):
+    import pytorch_lightning as pl
+
+    class Lit(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = _Tiny(num_classes)
+            self.seen = {}  # epoch -> [(resolution, labels)]
+
+        def training_step(self, batch, _):
+            x, y = batch
+            assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+            self.seen.setdefault(self.current_epoch, []).append((x.shape[-1], y.tolist()))
+            loss = torch.nn.functional.cross_entropy(self.net(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def validation_step(self, batch, _):
+            x, y = batch
+            self.log("val/loss", torch.nn.functional.cross_entropy(self.net(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Lit()
+
+
+def _trainer(tmp_path, max_epochs, **kw):
+    import pytorch_lightning as pl
+
+    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, use_distributed_sampler=False,
+                      logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=str(tmp_path), **kw)
+
+
+@requires_ffcv
+def test_lightning_fit_multiscale_and_exact_resume(dm, tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    assert dm.num_classes == N_CLASSES
+    steps = N_CLASSES * PER_CLASS // BATCH
+    # two straight epochs; the schedule switches 32 -> 40 px at epoch 1
+    m = _lit(dm.num_classes)
+    t = _trainer(tmp_path / "a", 2, enable_checkpointing=False)
+    t.fit(m, datamodule=dm)
+    assert t.global_step == 2 * steps
+    assert {r for r, _ in m.seen[0]} == {32} and {r for r, _ in m.seen[1]} == {40}
+    labels0 = [lab for _, ys in m.seen[0] for lab in ys]
+    labels1 = [lab for _, ys in m.seen[1] for lab in ys]
+    assert sorted(labels0) == sorted(labels1) and labels0 != labels1  # reshuffled each epoch
+    assert "val/loss" in t.callback_metrics
+
+    # one epoch + checkpoint, then resume: epoch 1 sees the same order as the straight run
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    t1 = _trainer(tmp_path / "b", 1, callbacks=[ckpt])
+    t1.fit(_lit(dm.num_classes), datamodule=dm)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["FFCVDataModule"]["seed"] == 7
+    m2 = _lit(dm.num_classes)
+    t2 = _trainer(tmp_path / "c", 2, enable_checkpointing=False)
+    t2.fit(m2, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert list(m2.seen) == [1]
+    assert [lab for _, ys in m2.seen[1] for lab in ys] == labels1
+
+
+@requires_ffcv
+def test_order_is_a_function_of_seed_and_epoch(dm):
+    dm.trainer = None
+    dm.load_state_dict({"seed": 7, "epoch": 0})
+    loader = dm.train_dataloader()
+    per_epoch = [[y.tolist() for _, y in loader] for _ in range(2)]
+    assert dm.state_dict()["epoch"] == 2
+    dm.load_state_dict({"seed": 7, "epoch": 1})
+    assert [y.tolist() for _, y in loader] == per_epoch[1]
+    # mid-epoch resume: the loader's own state skips the batches already consumed
+    dm.load_state_dict({"seed": 7, "epoch": 1})
+    loader.load_state_dict({"split": "train", "epoch": 1, "seed": 7, "batches_consumed": 2})
+    assert [y.tolist() for _, y in loader] == per_epoch[1][2:]
+
+
+@requires_ffcv
+def test_device_pipeline_matches_cpu_pipeline(beton):
+    """The GPU path (ToDevice + torch normalisation) run with device=cpu equals the CPU path."""
+    from ffcv.loader import Loader, OrderOption
+
+    from partialnet.data.ffcv import build_pipelines
+
+    outs = {}
+    for name, kw in {"cpu": {}, "dev32": {"device": torch.device("cpu"), "dtype": torch.float32},
+                     "dev16": {"device": torch.device("cpu"), "dtype": torch.float16}}.items():
+        pipes, _ = build_pipelines("val", 32, crop_pct=0.875, **kw)
+        ld = Loader(str(beton), batch_size=40, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines=pipes)
+        (x, y), = [(a.clone(), b.clone()) for a, b in ld]
+        outs[name] = (x, y)
+    x, y = outs["cpu"]
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(outs["dev32"][1].reshape(-1), y.reshape(-1))
+    assert torch.allclose(outs["dev32"][0], x, atol=1e-5)
+    assert outs["dev16"][0].dtype == torch.float16
+    assert outs["dev16"][0].is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(outs["dev16"][0].float(), x, atol=2e-2)
+
+
+def test_missing_ffcv_is_a_one_line_user_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ffcv", None)
+    from partialnet.data.ffcv import FFCVDataModule, main
+
+    with pytest.raises(UserError) as e:
+        FFCVDataModule(str(tmp_path / "train.beton"), str(tmp_path / "val.beton"))
+    msg = str(e.value)
+    assert "\n" not in msg and "bash scripts/install_ffcv.sh" in msg and "data=imagenet_folder" in msg
+    (tmp_path / "d" / "c").mkdir(parents=True)
+    assert main(["write", "--src", str(tmp_path / "d"), "--out", str(tmp_path / "o.beton"), "--quiet"]) == 2
