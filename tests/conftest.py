@@ -32,8 +32,11 @@ def run_cli(script: str, args: list[str], cwd: Path | None = None, env: dict | N
     full_env = dict(os.environ)
     full_env.update({"PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"})
     full_env.pop("PARTIALNET_RUN_NAME", None)
-    if env:
-        full_env.update(env)
+    for k, v in (env or {}).items():  # None removes a variable
+        if v is None:
+            full_env.pop(k, None)
+        else:
+            full_env[k] = v
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
         cwd=str(cwd or REPO),

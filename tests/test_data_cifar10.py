@@ -1,6 +1,7 @@
 """CIFAR-10 JPEG folders: archive resolution/extraction, decode cache, stratified split."""
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -54,28 +55,54 @@ def test_missing_archive_is_a_user_error(tmp_path):
         dm.setup()
 
 
-def test_extracts_once_and_caches_decoded_images(tmp_path):
+def test_archive_decoded_once_then_cached(tmp_path):
     archive = make_archive(tmp_path)
     cache = tmp_path / "cache"
     dm = CIFAR10DataModule(archive=str(archive), cache_dir=str(cache), batch_size=8, val_fraction=0.25)
     dm.setup()
     assert dm.loaded_from_cache is False and dm.classes == list(CIFAR_CLASSES)
     assert (len(dm.train_dataset), len(dm.val_dataset)) == (30, 10)
-    extracted = [p for p in cache.iterdir() if p.is_dir()]
-    assert len(extracted) == 1 and not extracted[0].name.startswith(".")  # no tmp dir left
-    assert (extracted[0] / "cifar10" / "train" / "cat").is_dir()
-    assert len(list(cache.glob("decoded-*.npz"))) == 1
-    mtime = extracted[0].stat().st_mtime_ns
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 1 and files[0].startswith("decoded-") and files[0].endswith(".npz")  # no tmp left
 
     dm2 = CIFAR10DataModule(archive=str(archive), cache_dir=str(cache), batch_size=8, val_fraction=0.25)
     dm2.setup()
     assert dm2.loaded_from_cache is True
-    assert extracted[0].stat().st_mtime_ns == mtime
     assert torch.equal(dm.train_dataset.images, dm2.train_dataset.images)
     assert torch.equal(dm.val_dataset.labels, dm2.val_dataset.labels)
     x, y = next(iter(dm2.train_dataloader()))
     assert x.shape == (8, 3, 32, 32)
     assert not (repo_root() / "cifar10").exists()
+
+    # images match a direct decode of the archive members
+    with tarfile.open(archive) as tf:
+        m = tf.getmember("cifar10/train/airplane/0000.jpg")
+        ref = np.array(Image.open(tf.extractfile(m)).convert("RGB")).transpose(2, 0, 1)
+    all_imgs = torch.cat([dm.train_dataset.images, dm.val_dataset.images])
+    assert any(torch.equal(torch.from_numpy(ref), im) for im in all_imgs)
+
+    # a changed archive (new mtime) is decoded again
+    os.utime(archive, ns=(1, 1))
+    dm3 = CIFAR10DataModule(archive=str(archive), cache_dir=str(cache), val_fraction=0.25)
+    dm3.setup()
+    assert dm3.loaded_from_cache is False
+
+
+def test_archive_layout_errors(tmp_path):
+    src = tmp_path / "src"
+    (src / "cifar10" / "train" / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(src / "cifar10" / "train" / "cat" / "0.jpg")
+    (src / "cifar10" / "train" / "cat" / "README").write_text("x")
+    (src / "cifar10" / "train" / "dog").mkdir()
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(src / "cifar10", arcname="cifar10")
+    with pytest.raises(UserError, match="class folder train/dog .* has no image files"):
+        CIFAR10DataModule(archive=str(archive), cache_dir=str(tmp_path / "c")).setup()
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tarball")
+    with pytest.raises(UserError, match=f"cannot read CIFAR-10 archive {junk}"):
+        CIFAR10DataModule(archive=str(junk), cache_dir=str(tmp_path / "c")).setup()
 
 
 def test_archive_with_wrong_class_count(tmp_path):

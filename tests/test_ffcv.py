@@ -286,17 +286,22 @@ def test_lightning_fit_multiscale_and_exact_resume(dm, tmp_path):
     assert sorted(labels0) == sorted(labels1) and labels0 != labels1  # reshuffled each epoch
     assert "val/loss" in t.callback_metrics
 
-    # one epoch + checkpoint, then resume: epoch 1 sees the same order as the straight run
-    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
-    t1 = _trainer(tmp_path / "b", 1, callbacks=[ckpt])
-    t1.fit(_lit(dm.num_classes), datamodule=dm)
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    # checkpoints at the end of epoch 0 and mid-epoch 1 (global step steps + 2), then resume
+    # from each: the resumed run sees exactly the straight run's remaining epoch-1 batches
+    ck = tmp_path / "ckpt"
+    cbs = [ModelCheckpoint(dirpath=str(ck), filename="ep{epoch}", every_n_epochs=1, save_top_k=-1,
+                           auto_insert_metric_name=False),
+           ModelCheckpoint(dirpath=str(ck), filename="step{step}", every_n_train_steps=steps + 2, save_top_k=-1,
+                           auto_insert_metric_name=False)]
+    _trainer(tmp_path / "b", 2, callbacks=cbs).fit(_lit(dm.num_classes), datamodule=dm)
+    saved = torch.load(ck / "ep0.ckpt", weights_only=False)
     assert saved["FFCVDataModule"]["seed"] == 7
-    m2 = _lit(dm.num_classes)
-    t2 = _trainer(tmp_path / "c", 2, enable_checkpointing=False)
-    t2.fit(m2, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert list(m2.seen) == [1]
-    assert [lab for _, ys in m2.seen[1] for lab in ys] == labels1
+    for name, skip in (("ep0.ckpt", 0), (f"step{steps + 2}.ckpt", 2)):
+        m2 = _lit(dm.num_classes)
+        cb = ModelCheckpoint(dirpath=str(tmp_path / "unused"), filename="x", save_top_k=0)
+        _trainer(tmp_path / "c", 2, callbacks=[cb]).fit(m2, datamodule=dm, ckpt_path=str(ck / name))
+        assert list(m2.seen) == [1], name
+        assert [lab for _, ys in m2.seen[1] for lab in ys] == labels1[skip * BATCH:], name
 
 
 @requires_ffcv

@@ -10,6 +10,16 @@ from partialnet.errors import UserError
 from partialnet.measure import count, format_counts
 from partialnet.models.layers import PATSelf
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # (params M, GMACs) at 224x224. PartialNet: design §3.1; PATNet: paper_facts §1.3 (fvcore on the
 # authors' code at FasterNet's sizes); FasterNet: the paper (Tab. 3).
 TARGETS = {
@@ -35,7 +45,10 @@ FAST = {
     ("patnet_t0", True), ("patnet_t1", True), ("patnet_t2", True), ("patnet_s", True),
     ("fasternet_t0", None), ("fasternet_t1", None), ("fasternet_t2", None), ("fasternet_s", None),
 }
-CASES = [pytest.param(*key, marks=() if key in FAST else pytest.mark.slow, id=f"{key[0]}-pat_sp={key[1]}") for key in TARGETS]
+CASES = [
+    pytest.param(*key, marks=() if key in FAST else pytest.mark.slow, id=f"{key[0]}-pat_sp={key[1]}")
+    for key in TARGETS
+]
 
 
 @pytest.mark.parametrize("name,pat_sp", CASES)
@@ -79,7 +92,8 @@ def test_count_no_warnings(recwarn, caplog):
 
 
 def test_format_counts():
-    assert format_counts({"params": 3_558_000, "macs": 246_900_000}) == "3.56 M params, 0.247 G MACs (the papers' FLOPs)"
+    text = format_counts({"params": 3_558_000, "macs": 246_900_000})
+    assert text == "3.56 M params, 0.247 G MACs (the papers' FLOPs)"
 
 
 def test_counts_follow_per_layer_ratios():

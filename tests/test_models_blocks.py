@@ -18,6 +18,16 @@ from partialnet.models.layers import (
     heads_for,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 WIDTHS = [4, 5, 40, 48, 96, 144, 160]
 SIZES = [(1, 1), (7, 7), (13, 9)]
 BLOCKS = {
@@ -45,7 +55,9 @@ def test_forward_backward_any_width_and_size(kind, dim):
         block.zero_grad()
 
 
-@pytest.mark.parametrize("dim,ratio,c_p", [(40, 0.25, 10), (48, 0.25, 12), (30, 0.25, 8), (4, 0.25, 1), (160, 0.125, 20)])
+@pytest.mark.parametrize(
+    "dim,ratio,c_p", [(40, 0.25, 10), (48, 0.25, 12), (30, 0.25, 8), (4, 0.25, 1), (160, 0.125, 20)]
+)
 def test_split_rounding(dim, ratio, c_p):
     assert conv_channels(dim, ratio) == c_p
     for cls in (PartialConv, PATChannel, PATSelf):

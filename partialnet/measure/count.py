@@ -12,7 +12,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from fvcore.nn import FlopCountAnalysis
 
 from partialnet.errors import UserError
 
@@ -43,6 +42,8 @@ def count(model: nn.Module, input_size: int | Sequence[int] = 224) -> dict:
     x = torch.zeros(1, *shape)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis  # lazy: importing fvcore warns (torch.jit.script)
+
         analysis = FlopCountAnalysis(clone, x)
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)

@@ -247,7 +247,9 @@ def build_variant(name: str, defaults: dict, pretrained: bool = False, **kwargs)
     for key in _TIMM_FACTORY_KWARGS:
         kwargs.pop(key, None)
     if pretrained:
-        raise UserError(f"pretrained weights are not downloaded for {name!r}; load a checkpoint with eval.py ckpt=PATH instead")
+        raise UserError(
+            f"pretrained weights are not downloaded for {name!r}; load a checkpoint with eval.py ckpt=PATH instead"
+        )
     kwargs = {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}
     ratios = kwargs.get("ratios")
     if isinstance(ratios, (str, os.PathLike)):

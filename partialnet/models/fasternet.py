@@ -17,7 +17,9 @@ from partialnet.models.registry import register_model
 __all__: list[str] = []
 
 
-def _fasternet(name: str, embed_dim: int, depths: tuple, act_layer: str, drop_path_rate: float, kwargs: dict) -> PartialChannelNet:
+def _fasternet(
+    name: str, embed_dim: int, depths: tuple, act_layer: str, drop_path_rate: float, kwargs: dict
+) -> PartialChannelNet:
     """Variant ``name``: its size/act/drop-path defaults, overridden by the user's ``kwargs``."""
     if kwargs.get("pat_sp"):
         raise UserError(f"{name} has no PAT_sp; use the patnet_* models for PAT blocks on FasterNet's sizes")

@@ -21,7 +21,9 @@ __all__ = ["PAT_MIXERS"]
 PAT_MIXERS = ("pat_ch", "pat_ch", "pat_ch", "pat_sf")
 
 
-def _pat_model(name: str, embed_dim: int, depths: tuple, act_layer: str, drop_path_rate: float, kwargs: dict) -> PartialChannelNet:
+def _pat_model(
+    name: str, embed_dim: int, depths: tuple, act_layer: str, drop_path_rate: float, kwargs: dict
+) -> PartialChannelNet:
     """Variant ``name``: its size/act/drop-path defaults, overridden by the user's ``kwargs``."""
     defaults = dict(
         embed_dim=embed_dim,

@@ -55,8 +55,9 @@ def check_trainer_cfg(cfg: DictConfig) -> None:
     if not on_gpu and ("16" in prec):
         warnings.warn(f"trainer.precision={prec} needs a CUDA GPU; running on CPU in 32-true", stacklevel=2)
         t.precision = "32-true"
-    if not on_gpu and str(t.get("strategy", "auto")).startswith("ddp") and t.get("sync_batchnorm"):
-        pass  # sync-BN works on gloo too
+    if not on_gpu and t.get("sync_batchnorm"):
+        warnings.warn("trainer.sync_batchnorm needs CUDA (torch's SyncBatchNorm); off on CPU", stacklevel=2)
+        t.sync_batchnorm = False
     world = world_size_of(t)
     gb = int(cfg.data.batch_size)
     if gb <= 0:

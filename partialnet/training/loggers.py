@@ -57,9 +57,9 @@ def wandb_run_id(run_dir: Path) -> str:
     f = run_dir / WANDB_ID_FILE
     if f.is_file() and f.read_text().strip():
         return f.read_text().strip()
-    import wandb.util
+    import uuid
 
-    rid = wandb.util.generate_id()
+    rid = uuid.uuid4().hex[:12]
     if int(os.environ.get("RANK", "0")) == 0:
         f.write_text(rid)
     return rid

@@ -28,7 +28,7 @@ def conv_channels(dim: int, ratio: float) -> int:
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not math.isfinite(ratio):
         raise UserError(f"split ratio {ratio!r} is not a number; pick a ratio in (0, 1), e.g. 0.25")
     if int(dim) < 2:
-        raise UserError(f"width {dim} cannot be split into a conv part and an untouched part; it needs at least 2 channels")
+        raise UserError(f"width {dim} cannot be split into a conv part and an untouched part; use at least 2 channels")
     dim = int(dim)
     c_p = math.floor(ratio * dim + 0.5)
     if not 0.0 < ratio < 1.0 or not 1 <= c_p <= dim - 1:

@@ -1,0 +1,55 @@
+"""DDP on CPU: 2 gloo processes under torchrun give one run dir, one W&B run, and the
+same metrics as one process with the same global batch.
+
+Tolerances, not bit equality: SyncBatchNorm is CUDA-only, so on CPU each rank normalises its
+own half batch; FasterNet-T0 (no dropout) keeps every other source of difference out."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import FAST_TRAIN, REPO
+
+
+def _torchrun(args, nproc, env_extra=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", WANDB_SILENT="true")
+    env.pop("PARTIALNET_RUN_NAME", None)
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(REPO / "train.py"), *args]
+    return subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
+
+
+def _val(run_dir):
+    rows = [r for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("val/loss")]
+    return float(rows[-1]["val/loss"]), float(rows[-1]["val/acc1"])
+
+
+def test_ddp_two_cpu_processes_match_single_process(tmp_path):
+    common = [a for a in FAST_TRAIN if not a.startswith(("logger=", "trainer.accelerator"))] + [
+        "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.sync_batchnorm=true",
+        "logger=default", f"paths.log_dir={tmp_path}", "optim=sgd", "optim.base_lr=1.0", "trainer.max_epochs=1", "model=fasternet_t0",
+    ]
+    single = _torchrun(common + ["trainer.devices=1", "run_name=single"], 1)
+    assert single.returncode == 0, single.stderr[-4000:]
+    ddp = _torchrun(common + ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "run_name=ddp"], 2)
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+
+    runs = sorted(p.name for p in (tmp_path / "train" / "runs").iterdir())
+    assert runs == ["ddp", "single"], runs  # one run dir per job, nothing made by rank 1
+    ddp_dir = tmp_path / "train" / "runs" / "ddp"
+    assert len(list((ddp_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run
+    assert (ddp_dir / ".hydra").is_dir()
+
+    (l1, a1), (l2, a2) = _val(tmp_path / "train" / "runs" / "single"), _val(ddp_dir)
+    assert abs(l1 - l2) < 1e-3 and abs(a1 - a2) <= 100 / 64 + 1e-6, ((l1, a1), (l2, a2))
+    w1 = torch.load(tmp_path / "train/runs/single/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    w2 = torch.load(ddp_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    for k in w1:
+        if w1[k].is_floating_point():
+            assert torch.allclose(w1[k], w2[k], atol=5e-3), (k, (w1[k] - w2[k]).abs().max())

@@ -1,0 +1,38 @@
+"""W&B works offline with no account: one offline run per job, id kept across resume."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import FAST_TRAIN, run_cli
+
+
+def test_wandb_offline_run_and_resume_keeps_id(tmp_path):
+    args = [a for a in FAST_TRAIN if not a.startswith("logger=")] + [
+        "logger=default", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path}",
+    ]
+    env = {"WANDB_API_KEY": None, "WANDB_MODE": None}
+    first = run_cli("train.py", args + ["trainer.max_epochs=1"], env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rid = (tmp_path / "wandb_id").read_text().strip()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and runs[0].name.endswith(rid)
+    assert (tmp_path / "metrics.csv").is_file()  # CSV next to W&B, readable without syncing
+
+    second = run_cli("train.py", args + ["trainer.max_epochs=2"], env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stdout
+    assert (tmp_path / "wandb_id").read_text().strip() == rid
+    assert all(p.name.endswith(rid) for p in (tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_online_without_credentials_falls_back_to_offline(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from partialnet.training.loggers import build_loggers
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    with pytest.warns(UserWarning, match="offline"):
+        loggers = build_loggers({"wandb": {"mode": "online"}}, Path(tmp_path), {})
+    wb = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"][0]
+    assert wb._wandb_init["mode"] == "offline"
