@@ -1,0 +1,124 @@
+"""Unit tests of the training pieces: LR scaling, schedule, weight-decay groups, multi-scale,
+atomic checkpoint writes, the one-line CLI error formatting."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from partialnet.errors import UserError
+from partialnet.training.checkpoint_io import atomic_torch_save, load_checkpoint_file
+from partialnet.training.multiscale import max_resolution, resolution_at, validate_schedule
+from partialnet.training.optim import WarmupCosine, build_optimizer, build_scheduler, scaled_lr
+
+
+def test_lr_scales_with_global_batch():
+    assert scaled_lr(0.001, 4096, 1024) == pytest.approx(0.004)
+    assert scaled_lr(0.001, 2048, 1024) == pytest.approx(0.002)
+    with pytest.raises(UserError, match="base_lr"):
+        scaled_lr(0.0, 256, 1024)
+
+
+def test_warmup_cosine_is_a_pure_function_of_the_step():
+    f = WarmupCosine(lr=1.0, total_steps=100, warmup_steps=10, warmup_lr=0.0, min_lr=0.1)
+    assert f.lr_at(0) == 0.0 and f.lr_at(5) == pytest.approx(0.5) and f.lr_at(10) == pytest.approx(1.0)
+    assert f.lr_at(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f.lr_at(100) == pytest.approx(0.1) and f.lr_at(1000) == pytest.approx(0.1)
+    assert all(f.lr_at(s) >= f.lr_at(s + 1) for s in range(10, 100))
+
+
+def test_scheduler_steps_per_iteration_and_resumes_exactly():
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler(opt, {"name": "warmup_cosine", "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0}, 1.0, 20, 5)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    state = (opt.state_dict(), sched.state_dict())
+    opt2 = torch.optim.SGD([p], lr=1.0)
+    sched2 = build_scheduler(opt2, {"name": "warmup_cosine", "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0}, 1.0, 20, 5)
+    opt2.load_state_dict(state[0])
+    sched2.load_state_dict(state[1])
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert lrs[:6] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def test_no_weight_decay_on_norm_and_bias_by_default():
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    opt = build_optimizer(m, {"name": "adamw", "weight_decay": 0.05}, 1e-3)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(m[0].weight), id(m[2].weight)}
+    opt = build_optimizer(m, {"name": "adamw", "weight_decay": 0.05, "decay_norm_bias": True}, 1e-3)
+    assert sum(len(g["params"]) for g in opt.param_groups if g["weight_decay"] > 0) == 6
+    with pytest.raises(UserError, match="optim.name"):
+        build_optimizer(m, {"name": "lamb"}, 1e-3)
+
+
+def test_multiscale_schedule():
+    sched = [[0, 192], [280, 224]]
+    assert [resolution_at(e, sched, 224) for e in (0, 279, 280, 299)] == [192, 192, 224, 224]
+    assert resolution_at(5, None, 160) == 160 and max_resolution(sched, 100) == 224
+    for bad in ([[1, 192]], [[0, 192], [0, 224]], [[0, -1]]):
+        with pytest.raises(UserError):
+            validate_schedule(bad)
+
+
+def test_module_resizes_batches_by_epoch():
+    from partialnet.training.classifier import ClassificationModule
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            seen.append(x.shape[-1])
+            return self.fc(x.mean((2, 3)))
+
+    mod = ClassificationModule(Probe(), 4, {"name": "adamw", "base_lr": 1e-3, "ref_batch_size": 1024},
+                               {"name": "constant"}, image_size=32, multiscale=[[0, 16], [2, 32]])
+    batch = (torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    for epoch, want in ((0, 16), (1, 16), (2, 32)):
+        type(mod).current_epoch = property(lambda self, e=epoch: e)
+        assert mod.current_resolution() == want
+    del type(mod).current_epoch
+
+
+def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"state_dict": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        atomic_torch_save({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # temp file cleaned up
+    assert torch.equal(load_checkpoint_file(path)["state_dict"]["w"], torch.ones(3))
+    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)
+
+
+def test_truncated_checkpoint_is_a_user_error(tmp_path):
+    path = tmp_path / "c.ckpt"
+    atomic_torch_save({"state_dict": {"w": torch.ones(1000)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated"):
+        load_checkpoint_file(path)
+
+
+def test_cli_error_formatting():
+    from partialnet.utils.cli import _one_line
+
+    msg = "Could not find 'model/foo'\n\nAvailable options in 'model':\n\ta\n\tb"
+    assert _one_line(msg) == "Could not find 'model/foo'; available: a, b"
+    assert "\n" not in _one_line("line one\nline two")
