@@ -1,8 +1,14 @@
-"""Evaluate a checkpoint: `python eval.py ckpt=PATH [data=...]`.
+"""Evaluate checkpoints or models.
 
-Prints top-1/top-5, params, MACs (the papers' FLOPs), throughput and latency as a table and
-writes eval.json beside the checkpoint.
+  python eval.py ckpt=PATH [data=...]                  # eval.json beside the checkpoint
+  python eval.py ckpts=[a.ckpt,b.ckpt] plot=true        # one table, accuracy-vs-throughput plot
+  python eval.py models=[partialnet_t0,fasternet_t0]    # random init: speed and MACs only
+
+Prints top-1/top-5, params, MACs (the papers' FLOPs), throughput and latency of the eval and
+fused forms as a Markdown table; writes eval.md/.csv/.json (+ eval.png) in the eval run dir.
 """
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -14,9 +20,11 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from partialnet.training.eval_task import evaluate
 
-    evaluate(cfg)
+    evaluate(cfg, out_dir=Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

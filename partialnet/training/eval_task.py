@@ -1,13 +1,19 @@
-"""The evaluation job behind ``eval.py``: accuracy, params, MACs, throughput, latency."""
+"""The evaluation job behind ``eval.py``: accuracy, params, MACs, throughput, latency.
+
+One or several checkpoints (accuracy on their validation data + speed), and/or registered
+model names (random init: speed and MACs only). Speed is measured for the eval form and for
+the fused deploy form (``partialnet.deploy.fuse``) where the model supports it.
+"""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
@@ -43,20 +49,13 @@ def model_from_checkpoint(ckpt: dict, path, weights: str = "auto") -> tuple[torc
     return model.eval(), meta, use
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-
-
-def _data_cfg(cfg: DictConfig, meta: dict):
-    if cfg.get("data") is not None:
-        return cfg.data
-    saved = (meta.get("config") or {}).get("data")
-    if not saved:
-        raise UserError("the checkpoint does not record its data config; pass data=<name> (e.g. data=fashion_mnist)")
-    return OmegaConf.create(saved)
 
 
 def accuracy(model, dm, device, limit_batches=None) -> dict:
@@ -80,51 +79,148 @@ def accuracy(model, dm, device, limit_batches=None) -> dict:
     return {"acc1": float(acc1.compute()) * 100, "acc5": float(acc5.compute()) * 100, "images": n}
 
 
-def evaluate(cfg: DictConfig) -> dict:
-    path = Path(str(cfg.ckpt)).expanduser()
+def _speed(model, size: int, device, s) -> dict:
+    thr = time_forward(model, int(s.batch_size), size, device, warmup=int(s.warmup), runs=int(s.runs),
+                       channels_last=bool(s.channels_last))
+    lat = time_forward(model, 1, size, device, warmup=int(s.warmup), runs=int(s.runs), channels_last=bool(s.channels_last))
+    return {"throughput": thr.as_dict(), "latency": lat.as_dict()}
+
+
+def _fused_speed(model, size: int, device, s) -> dict | str:
+    try:
+        from partialnet.deploy import fuse
+
+        fused = fuse(model)
+    except Exception as e:  # a model without a deploy form (e.g. torchvision hosts)
+        return f"n/a ({type(e).__name__})"
+    return _speed(fused, size, device, s)
+
+
+def measure_model(model, name: str, size: int, device, cfg) -> dict:
+    c = count(model, size)
+    row = {"model": name, "params": c["params"], "macs": c["macs"], "input_size": size}
+    row["eval_form"] = _speed(model, size, device, cfg.speed)
+    if cfg.get("fused", True):
+        row["fused_form"] = _fused_speed(model, size, device, cfg.speed)
+    return row
+
+
+def evaluate_checkpoint(path: Path, cfg: DictConfig, device) -> dict:
     ckpt = load_checkpoint_file(path)
     model, meta, used = model_from_checkpoint(ckpt, path, str(cfg.weights))
+    data_cfg = cfg.get("data")
+    if data_cfg is None:
+        saved = (meta.get("config") or {}).get("data")
+        if not saved:
+            raise UserError(f"{path} does not record its data config; pass data=<name> (e.g. data=fashion_mnist)")
+        data_cfg = OmegaConf.create(saved)
+    dm = build_datamodule(data_cfg)
+    if int(dm.num_classes) != int(meta["num_classes"]):
+        raise UserError(
+            f"data has {dm.num_classes} classes but {path}'s model has {meta['num_classes']}; pass the data it was trained on"
+        )
+    size = int(getattr(dm, "image_size", meta.get("image_size", 224)))
+    model = model.to(device)
+    row = {"checkpoint": str(path), "weights": used}
+    acc = accuracy(model, dm, device, cfg.get("limit_batches"))
+    row.update({"val/acc1": acc["acc1"], "val/acc5": acc["acc5"], "val/images": acc["images"]})
+    row.update(measure_model(model, meta["model_spec"]["name"], size, device, cfg))
+    return row
+
+
+def _ips(form) -> str:
+    return f"{form['throughput']['images_per_s']:.1f}" if isinstance(form, dict) else "n/a"
+
+
+def _lat(form) -> str:
+    return f"{form['latency']['latency_ms']:.2f}" if isinstance(form, dict) else "n/a"
+
+
+def table(rows: list[dict]) -> tuple[str, str]:
+    """(Markdown, CSV) of the rows."""
+    head = ["model", "source", "top-1 %", "top-5 %", "params (M)", "MACs (G, the papers' FLOPs)", "input",
+            "img/s eval", "img/s fused", "latency ms eval", "latency ms fused", "device", "threads", "dtype", "batch"]
+    lines = []
+    for r in rows:
+        thr = r["eval_form"]["throughput"]
+        lines.append([
+            r["model"], Path(r["checkpoint"]).name if r.get("checkpoint") else "random init",
+            f"{r['val/acc1']:.2f}" if "val/acc1" in r else "-", f"{r['val/acc5']:.2f}" if "val/acc5" in r else "-",
+            f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e9:.4f}", str(r["input_size"]),
+            _ips(r["eval_form"]), _ips(r.get("fused_form")), _lat(r["eval_form"]), _lat(r.get("fused_form")),
+            thr["device"], str(thr["threads"]), thr["dtype"], str(thr["batch_size"]),
+        ])
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in lines]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(head)
+    w.writerows(lines)
+    return "\n".join(md), buf.getvalue()
+
+
+def plot(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    have_acc = all("val/acc1" in r for r in rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    families = {"partialnet": ("tab:red", "*"), "patnet": ("tab:orange", "P"), "fasternet": ("tab:blue", "o")}
+    for fam, (color, marker) in {**families, "other": ("tab:gray", "s")}.items():
+        pts = [r for r in rows if (r["model"].split("_")[0] == fam) or (fam == "other" and r["model"].split("_")[0] not in families)]
+        if not pts:
+            continue
+        xs = [float(_ips(r.get("fused_form")) if isinstance(r.get("fused_form"), dict) else _ips(r["eval_form"])) for r in pts]
+        ys = [r["val/acc1"] for r in pts] if have_acc else [r["macs"] / 1e9 for r in pts]
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        ax.plot([xs[i] for i in order], [ys[i] for i in order], marker=marker, color=color, label=fam,
+                markersize=10 if marker == "*" else 7)
+        for x, y, r in zip(xs, ys, pts):
+            ax.annotate(r["model"].split("_", 1)[-1].upper(), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    thr = rows[0]["eval_form"]["throughput"]
+    ax.set_xlabel(f"throughput (images/s, batch {thr['batch_size']}, {thr['device']}, {thr['threads']} threads)")
+    ax.set_ylabel("top-1 accuracy (%)" if have_acc else "MACs (G, the papers' FLOPs)")
+    ax.set_title("accuracy vs throughput" if have_acc else "MACs vs throughput (random init, speed only)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def evaluate(cfg: DictConfig, out_dir: Path | None = None) -> list[dict]:
     dev = str(cfg.device)
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={dev} but no CUDA GPU is visible; use device=cpu")
     device = torch.device(dev)
-
-    dm = build_datamodule(_data_cfg(cfg, meta))
-    if int(dm.num_classes) != int(meta["num_classes"]):
-        raise UserError(
-            f"data has {dm.num_classes} classes but the checkpoint's model has {meta['num_classes']}; pass the data it was trained on"
-        )
-    size = int(getattr(dm, "image_size", meta.get("image_size", 224)))
-    model = model.to(device)
-    result = {"checkpoint": str(path), "model": meta["model_spec"]["name"], "weights": used}
-    result.update({f"val/{k}": v for k, v in accuracy(model, dm, device, cfg.get("limit_batches")).items()})
-    counts = count(model, size)
-    result.update({"params": counts["params"], "macs": counts["macs"], "input_size": size})
-    s = cfg.speed
-    thr = time_forward(model, int(s.batch_size), size, device, warmup=int(s.warmup), runs=int(s.runs),
-                       channels_last=bool(s.channels_last))
-    lat = time_forward(model, 1, size, device, warmup=int(s.warmup), runs=int(s.runs), channels_last=bool(s.channels_last))
-    result["throughput"] = thr.as_dict()
-    result["latency"] = lat.as_dict()
-
-    rows = [
-        ("model", f"{result['model']} ({used} weights)"),
-        ("val top-1 / top-5", f"{result['val/acc1']:.2f} % / {result['val/acc5']:.2f} % on {result['val/images']} images"),
-        ("params", f"{counts['params'] / 1e6:.3f} M"),
-        ("MACs (the papers' FLOPs)", f"{counts['macs'] / 1e9:.4f} G at {size}x{size}"),
-        (f"throughput (batch {thr.batch_size})",
-         f"{thr.images_per_s:.1f} img/s (min-max {thr.batch_size / thr.seconds_max:.1f}-{thr.batch_size / thr.seconds_min:.1f}, {thr.runs} runs)"),
-        ("latency (batch 1)", f"{lat.latency_ms:.2f} ms (min {1000 * lat.seconds_min:.2f}, max {1000 * lat.seconds_max:.2f})"),
-        ("device / threads", f"{thr.device} / {thr.threads} threads, {thr.dtype}"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("| " + "metric".ljust(width) + " | value |")
-    print("|" + "-" * (width + 2) + "|-------|")
-    for k, v in rows:
-        print(f"| {k.ljust(width)} | {v} |")
-    out = path.parent / "eval.json"
-    _atomic_write_text(out, json.dumps(result, indent=2))
-    print(f"wrote {out}")
-    return result
+    ckpts = ([cfg.ckpt] if cfg.get("ckpt") else []) + list(cfg.get("ckpts") or [])
+    names = list(cfg.get("models") or [])
+    if not ckpts and not names:
+        raise UserError("nothing to evaluate: pass ckpt=PATH, ckpts=[a.ckpt,b.ckpt] or models=[partialnet_t0,...]")
+    rows = []
+    for c in ckpts:
+        path = Path(str(c)).expanduser()
+        row = evaluate_checkpoint(path, cfg, device)
+        rows.append(row)
+        if len(ckpts) == 1:
+            atomic_write_text(path.parent / "eval.json", json.dumps(row, indent=2))
+            print(f"wrote {path.parent / 'eval.json'}")
+    for name in names:
+        model = create_model(str(name), num_classes=1000).eval().to(device)
+        rows.append(measure_model(model, str(name), int(cfg.input_size), device, cfg))
+    md, csv_text = table(rows)
+    print(md, flush=True)
+    if out_dir is not None:
+        atomic_write_text(out_dir / "eval.md", md + "\n")
+        atomic_write_text(out_dir / "eval.csv", csv_text)
+        atomic_write_text(out_dir / "eval.json", json.dumps(rows, indent=2))
+        print(f"wrote {out_dir / 'eval.md'}, eval.csv, eval.json")
+        if cfg.get("plot"):
+            print(f"wrote {plot(rows, out_dir / 'eval.png')}")
+    return rows
