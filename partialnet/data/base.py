@@ -39,6 +39,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from partialnet.data.samplers import ResumableDistributedSampler
+
 from partialnet.errors import UserError
 
 #: File extensions read as images (the same set torchvision's ImageFolder accepts).
@@ -211,6 +213,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self._num_classes: int | None = None
+        self._resume_position: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
         # Shared by all ranks (see module docstring); drives the DataLoader's worker seeds.
         self._train_generator = torch.Generator()
         self._train_generator.manual_seed(mix_seed(self.seed, 0x5EED))
@@ -283,9 +286,13 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         world, rank = world_and_rank(self.trainer)
         per_device = self.per_device_batch_size
         ds = self.train_dataset
-        sampler = DistributedSampler(
+        sampler = ResumableDistributedSampler(
             ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
+        if self._resume_position is not None:  # a mid-epoch checkpoint: skip what was consumed
+            epoch, batches = self._resume_position
+            sampler.resume_at(epoch, batches * per_device)
+            self._resume_position = None
         if len(sampler) < per_device:
             raise UserError(
                 f"the train set has {len(ds)} samples, {len(sampler)} per device, fewer than the "
@@ -308,9 +315,19 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     # ---- checkpoint state ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"train_generator": self._train_generator.get_state(), "seed": self.seed}
+        state = {"train_generator": self._train_generator.get_state(), "seed": self.seed}
+        trainer = self.trainer
+        if trainer is not None:  # where in the epoch this checkpoint was taken
+            loop = trainer.fit_loop
+            # batches *processed* (optimizer stepped) in the current epoch; a checkpoint taken in
+            # on_train_batch_end has not counted the batch as "completed" yet.
+            state["position"] = (int(trainer.current_epoch),
+                                 int(loop.epoch_loop.batch_progress.current.processed))
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("position") is not None:
+            self._resume_position = tuple(state_dict["position"])
         if "train_generator" in state_dict:
             self._train_generator.set_state(state_dict["train_generator"])
         if "seed" in state_dict and int(state_dict["seed"]) != self.seed:

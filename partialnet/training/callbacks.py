@@ -15,3 +15,20 @@ class StopAfterEpoch(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch + 1 >= self.epoch:
             trainer.should_stop = True
+
+
+class ExitAfterStep(pl.Callback):
+    """Fault injection for tests: hard-exit the process (like ``kill -9``: no cleanup, no
+    checkpoint) when the next batch starts after ``step`` optimizer steps. Enabled only by the
+    ``PARTIALNET_TEST_EXIT_AFTER_STEP`` environment variable."""
+
+    ENV = "PARTIALNET_TEST_EXIT_AFTER_STEP"
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step >= self.step:
+            import os
+
+            os._exit(137)

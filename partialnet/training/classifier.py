@@ -8,8 +8,10 @@
 - EMA (optional): timm ``ModelEmaV3`` kept as the ``ema`` submodule, so raw and averaged
   weights are both in every checkpoint; validation reports EMA as ``val/*`` and raw as
   ``val_raw/*``.
-- Randomness: at each epoch start the global RNGs are re-seeded from (seed, epoch, rank), so a
-  run resumed at an epoch boundary draws exactly the same numbers as an uninterrupted one.
+- Randomness: at each epoch's first batch the global RNGs are re-seeded from (seed, epoch, rank), so a
+  run resumed at an epoch boundary draws exactly the same numbers as an uninterrupted one; a
+  mid-epoch checkpoint also stores the RNG states (rank 0's), restored when training resumes
+  inside that epoch (the DataModule's sampler skips the batches already consumed).
 - ``torch.compile`` wraps only the inner model and is kept out of the module tree, so
   checkpoint keys stay ``model.*``.
 """
@@ -38,6 +40,25 @@ def _mix_seed(*parts: int) -> int:
     for p in parts:
         h = (h * 1_000_003) ^ (int(p) & 0xFFFFFFFF)
     return h & 0x7FFFFFFF
+
+
+def _get_rng_state(epoch: int, step: int, rank: int) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "epoch": int(epoch),
+        "step": int(step),
+        "rank": int(rank),
+        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
 
 
 class ClassificationModule(pl.LightningModule):
@@ -102,6 +123,8 @@ class ClassificationModule(pl.LightningModule):
         self.raw_acc1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
         self.raw_acc5 = MulticlassAccuracy(self.num_classes, top_k=top5, average="micro")
         self._compiled: Any = None
+        self._resume_rng: dict | None = None
+        self._seeded_epoch: int | None = None
         self._step_t0: float | None = None
         self._epoch_t0: float | None = None
 
@@ -129,15 +152,28 @@ class ClassificationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ train
     def on_train_epoch_start(self) -> None:
-        s = _mix_seed(self.seed, self.current_epoch, self.global_rank)
-        torch.manual_seed(s)
-        np.random.seed(s)
-        random.seed(s)
         self._epoch_t0 = time.perf_counter()
         self._step_t0 = None
 
     def current_resolution(self) -> int:
         return resolution_at(self.current_epoch, self.multiscale, self.image_size)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Seed once per epoch, at its first batch (Lightning skips on_train_epoch_start when it
+        # restarts inside an epoch). After a resume, continue the checkpoint's random stream.
+        if self._seeded_epoch == self.current_epoch:
+            return
+        self._seeded_epoch = self.current_epoch
+        resume, self._resume_rng = self._resume_rng, None
+        if resume is not None and resume["epoch"] == self.current_epoch and resume["step"] == self.global_step:
+            _set_rng_state(resume)
+        else:
+            s = _mix_seed(self.seed, self.current_epoch, self.global_rank)
+            torch.manual_seed(s)
+            np.random.seed(s)
+            random.seed(s)
+        if self._epoch_t0 is None:
+            self._epoch_t0 = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -167,7 +203,9 @@ class ClassificationModule(pl.LightningModule):
         self.log("train/resolution", float(res), on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # EMA right after the weights change, before any callback (a step checkpoint) sees them
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
 
@@ -213,8 +251,14 @@ class ClassificationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ ckpt
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = (checkpoint.get("partialnet") or {}).get("rng")
+        if rng is not None and rng.get("rank") == self.global_rank:
+            self._resume_rng = rng
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["partialnet"] = {
+            "rng": _get_rng_state(self.current_epoch, self.global_step, self.global_rank),
             "model_spec": self.model_spec,
             "num_classes": self.num_classes,
             "image_size": self.image_size,

@@ -179,7 +179,8 @@ def plot(rows: list[dict], out: Path) -> Path:
         for x, y, r in zip(xs, ys, pts):
             ax.annotate(r["model"].split("_", 1)[-1].upper(), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     thr = rows[0]["eval_form"]["throughput"]
-    ax.set_xlabel(f"throughput (images/s, batch {thr['batch_size']}, {thr['device']}, {thr['threads']} threads)")
+    ax.set_xlabel(f"throughput, fused form where available (images/s, batch {thr['batch_size']}, {thr['threads']} threads)")
+    fig.text(0.01, 0.01, thr["device"], fontsize=7, color="gray")
     ax.set_ylabel("top-1 accuracy (%)" if have_acc else "MACs (G, the papers' FLOPs)")
     ax.set_title("accuracy vs throughput" if have_acc else "MACs vs throughput (random init, speed only)")
     ax.grid(alpha=0.3)

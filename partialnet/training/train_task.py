@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -10,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from partialnet.errors import UserError
 from partialnet.training import builders
-from partialnet.training.callbacks import StopAfterEpoch
+from partialnet.training.callbacks import ExitAfterStep, StopAfterEpoch
 from partialnet.training.classifier import ClassificationModule
 from partialnet.training.loggers import build_loggers
 from partialnet.training.multiscale import max_resolution, validate_schedule
@@ -78,6 +79,8 @@ def train(cfg: DictConfig) -> dict:
     callbacks = builders.build_callbacks(cfg.callbacks, run_dir)
     if cfg.get("stop_after_epoch"):
         callbacks.append(StopAfterEpoch(int(cfg.stop_after_epoch)))
+    if os.environ.get(ExitAfterStep.ENV):
+        callbacks.append(ExitAfterStep(int(os.environ[ExitAfterStep.ENV])))
     trainer = builders.build_trainer(cfg.trainer, callbacks, loggers, run_dir)
     ckpt_path = builders.resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if ckpt_path:
