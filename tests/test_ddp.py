@@ -53,3 +53,24 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     for k in w1:
         if w1[k].is_floating_point():
             assert torch.allclose(w1[k], w2[k], atol=5e-3), (k, (w1[k] - w2[k]).abs().max())
+
+
+def test_ddp_rank_failure_ends_every_rank_quickly(tmp_path):
+    """One rank raises mid-training: all ranks exit non-zero within 60 s, no hang, no
+    half-written checkpoint."""
+    import time
+
+    args = [a for a in FAST_TRAIN if not a.startswith("trainer.accelerator")] + [
+        "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=3",
+        "callbacks.checkpoint.every_n_train_steps=1", f"paths.log_dir={tmp_path}", "run_name=fail",
+    ]
+    t0 = time.time()
+    proc = _torchrun(args, 2, {"PARTIALNET_TEST_FAIL_RANK": "1", "PARTIALNET_TEST_FAIL_AT_STEP": "3"})
+    elapsed = time.time() - t0
+    assert proc.returncode != 0
+    assert "injected failure on rank 1" in proc.stderr
+    assert elapsed < 60 + 30, elapsed  # 60 s for the failure, plus start-up of two interpreters
+    ckpts = tmp_path / "train" / "runs" / "fail" / "checkpoints"
+    assert not list(ckpts.glob(".*.tmp"))
+    for c in ckpts.glob("*.ckpt"):
+        torch.load(c, weights_only=False)  # every checkpoint on disk is whole

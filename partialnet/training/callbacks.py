@@ -32,3 +32,17 @@ class ExitAfterStep(pl.Callback):
             import os
 
             os._exit(137)
+
+
+class FailOnRank(pl.Callback):
+    """Fault injection for tests: raise on one rank at a given step (``PARTIALNET_TEST_FAIL_RANK``
+    and ``PARTIALNET_TEST_FAIL_AT_STEP``), to check that the other ranks do not hang."""
+
+    ENV_RANK, ENV_STEP = "PARTIALNET_TEST_FAIL_RANK", "PARTIALNET_TEST_FAIL_AT_STEP"
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = int(rank), int(step)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step >= self.step:
+            raise RuntimeError(f"injected failure on rank {self.rank} at step {trainer.global_step}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torchmetrics.classification import MulticlassAccuracy
 
+from partialnet.errors import UserError
 from partialnet.training.multiscale import resolution_at
 from partialnet.training.optim import build_optimizer, build_scheduler, scaled_lr
 
@@ -77,6 +79,7 @@ class ClassificationModule(pl.LightningModule):
         compile: bool = False,
         seed: int = 0,
         model_spec: dict | None = None,
+        nonfinite: str = "stop",
     ):
         super().__init__()
         self.model = model
@@ -92,6 +95,12 @@ class ClassificationModule(pl.LightningModule):
         self.seed = int(seed)
         # Everything needed to rebuild the bare model (eval.py, export): name + kwargs.
         self.model_spec = dict(model_spec or {})
+        if nonfinite not in ("stop", "skip"):
+            raise UserError(f"nonfinite={nonfinite!r}; use stop (default) or skip")
+        self.nonfinite = nonfinite
+        if nonfinite == "skip":  # we warn ourselves, with the count
+            warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
+        self.skipped_batches = 0
         self.lr = scaled_lr(
             float(self.optim_cfg["base_lr"]), self.global_batch_size, int(self.optim_cfg["ref_batch_size"])
         )
@@ -187,11 +196,16 @@ class ClassificationModule(pl.LightningModule):
         logits = self._train_forward(x)
         loss = self.train_loss_fn(logits, target)
         if not torch.isfinite(loss):
-            from partialnet.errors import UserError
-
+            if self.nonfinite == "skip":  # no backward, no optimizer step for this batch
+                self.skipped_batches += 1
+                self.log("train/skipped_nonfinite", float(self.skipped_batches), on_step=True, batch_size=x.shape[0])
+                warnings.warn(f"non-finite loss at step {self.global_step}: batch skipped ({self.skipped_batches} so far)",
+                              stacklevel=2)
+                return None
             raise UserError(
-                f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
-                "lower optim.base_lr, set trainer.gradient_clip_val=1.0, or use trainer.precision=32-true"
+                f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); the last good "
+                "checkpoint is kept: lower optim.base_lr, set trainer.gradient_clip_val=1.0, use "
+                "trainer.precision=32-true, check the data for NaN/Inf, or skip such batches with nonfinite=skip"
             )
         now = time.perf_counter()
         bs = x.shape[0]
@@ -252,6 +266,7 @@ class ClassificationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ ckpt
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_batches = int((checkpoint.get("partialnet") or {}).get("skipped_batches", 0))
         rng = (checkpoint.get("partialnet") or {}).get("rng")
         if rng is not None and rng.get("rank") == self.global_rank:
             self._resume_rng = rng
@@ -263,5 +278,6 @@ class ClassificationModule(pl.LightningModule):
             "num_classes": self.num_classes,
             "image_size": self.image_size,
             "has_ema": self.ema is not None,
+            "skipped_batches": self.skipped_batches,
             "config": getattr(self, "run_config", None),
         }

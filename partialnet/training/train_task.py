@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from partialnet.errors import UserError
 from partialnet.training import builders
-from partialnet.training.callbacks import ExitAfterStep, StopAfterEpoch
+from partialnet.training.callbacks import ExitAfterStep, FailOnRank, StopAfterEpoch
 from partialnet.training.classifier import ClassificationModule
 from partialnet.training.loggers import build_loggers
 from partialnet.training.multiscale import max_resolution, validate_schedule
@@ -69,6 +69,7 @@ def train(cfg: DictConfig) -> dict:
         compile=bool(cfg.compile),
         seed=int(cfg.seed),
         model_spec=spec,
+        nonfinite=str(cfg.get("nonfinite", "stop")),
     )
     module.run_config = resolved
 
@@ -79,8 +80,10 @@ def train(cfg: DictConfig) -> dict:
     callbacks = builders.build_callbacks(cfg.callbacks, run_dir)
     if cfg.get("stop_after_epoch"):
         callbacks.append(StopAfterEpoch(int(cfg.stop_after_epoch)))
-    if os.environ.get(ExitAfterStep.ENV):
+    if os.environ.get(ExitAfterStep.ENV):  # fault injection (tests)
         callbacks.append(ExitAfterStep(int(os.environ[ExitAfterStep.ENV])))
+    if os.environ.get(FailOnRank.ENV_RANK):  # fault injection (tests)
+        callbacks.append(FailOnRank(int(os.environ[FailOnRank.ENV_RANK]), int(os.environ.get(FailOnRank.ENV_STEP, "0"))))
     trainer = builders.build_trainer(cfg.trainer, callbacks, loggers, run_dir)
     ckpt_path = builders.resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if ckpt_path:
