@@ -45,9 +45,19 @@ class SpeedResult:
 
 
 def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model (from /proc/cpuinfo where available)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu ({cpu})"
 
 
 def time_forward(
