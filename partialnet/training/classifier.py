@@ -125,6 +125,9 @@ class ClassificationModule(pl.LightningModule):
         if ema.get("decay") is not None:
             self.ema = ModelEmaV3(model, decay=float(ema["decay"]), use_warmup=bool(ema.get("warmup", False)))
             self.ema.requires_grad_(False)
+            # Follow the parent's train/eval mode like any submodule: it only ever runs in
+            # validation, where Lightning switches everything to eval.
+            self.ema.train()
 
         top5 = min(5, self.num_classes)
         self.val_acc1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")

@@ -96,7 +96,7 @@ def _build_wandb(wcfg: dict, run_dir: Path, run_config: dict) -> Logger:
         mode = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
-    return WandbLogger(
+    logger = WandbLogger(
         project=wcfg.get("project") or "partialnet",
         entity=wcfg.get("entity"),
         group=wcfg.get("group"),
@@ -108,3 +108,5 @@ def _build_wandb(wcfg: dict, run_dir: Path, run_config: dict) -> Logger:
         mode=mode,
         config=run_config,
     )
+    logger._wandb_init.pop("anonymous", None)  # Lightning passes a setting wandb deprecated (warns)
+    return logger
