@@ -8,12 +8,12 @@ APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_FLAGS ?=
 
-.PHONY: help install apt venv test test-all demo bench lint clean wandb-sync
+.PHONY: help install apt venv ffcv test test-all demo bench lint clean wandb-sync
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install: apt venv ## create .venv, install Debian packages and pinned Python packages
+install: apt venv ffcv ## create .venv, install Debian packages and pinned Python packages (FFCV too)
 
 apt: ## install the Debian packages (apt-get, non-interactive; sudo when not root)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -27,6 +27,9 @@ venv: ## create .venv and install the package with pinned dependencies
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[dev]'
+
+ffcv: venv ## FFCV and its build dependencies (Debian: pkg-config, libopencv-dev, libturbojpeg0-dev)
+	bash scripts/install_ffcv.sh $(PY)
 
 test: ## fast test tier (CPU, no slow tests)
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_FLAGS)

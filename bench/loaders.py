@@ -5,7 +5,7 @@
 Data: real photos, not noise: CIFAR-10 training JPEGs (../shared/data/cifar10-train.tar.gz)
 upsampled (bicubic) to a random 256-400 px longest side and aspect 3:4..4:3, re-saved as JPEG
 quality 90 into a temporary folder; the same folder is written to a .beton with the writer's
-defaults (max side 512, half the samples JPEG q90, half raw).
+defaults (max side 512, half the samples JPEG q90, half raw; --compress-prob 1.0 for all JPEG).
 
 Both loaders produce the same thing: float32 [B, 3, S, S] normalised with ImageNet mean/std,
 RandomResizedCrop(S, scale 0.08-1, ratio 3/4-4/3) + horizontal flip.
@@ -73,7 +73,8 @@ def make_photos(dst: Path, n: int, seed: int = 0) -> int:
 
 def imagefolder_loader(root: Path, size: int, batch: int, workers: int):
     from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     tf = T.Compose([
         T.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
@@ -110,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up (default 3)")
     ap.add_argument("--sizes", default="224,160", help="output sizes, comma separated (default 224,160)")
+    ap.add_argument("--compress-prob", type=float, default=0.5,
+                    help="fraction of .beton samples stored as JPEG, the rest raw (writer default 0.5; 1.0 = all JPEG)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
@@ -124,7 +127,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # FFCV's own progress bar
-                write_beton(str(tmp / "photos"), tmp / "photos.beton", workers=args.workers, progress=False)
+                write_beton(str(tmp / "photos"), tmp / "photos.beton", workers=args.workers,
+                            compress_prob=args.compress_prob, progress=False)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -151,8 +155,8 @@ def main(argv=None) -> int:
 
     print(f"\n### Loader throughput: {n} photos (256-400 px JPEG q90 from CIFAR-10), "
           f"{args.workers} workers, batch {args.batch_size}, {os.cpu_count()} CPU cores, no model\n")
-    print(f"photo folder {folder_mb:.0f} MiB (made in {t_photos:.1f} s); .beton {beton_mb:.0f} MiB "
-          f"(written in {t_write:.1f} s, 2 writer processes)\n")
+    print(f"photo folder {folder_mb:.0f} MiB (made in {t_photos:.1f} s); .beton {beton_mb:.0f} MiB, "
+          f"{args.compress_prob:.0%} of samples JPEG (written in {t_write:.1f} s, {args.workers} writer processes)\n")
     print("| loader | size | images/s (median of %d) | warm-up epoch s | timed epochs s | output |" % args.epochs)
     print("|---|---:|---:|---:|---|---|")
     for name, s, rate, secs, shape in results:

@@ -20,7 +20,7 @@ PY="${1:-.venv/bin/python}"
 # ---- pinned versions (change together; see the self-check below) --------------------------
 FFCV_VERSION="1.0.2"
 PIP_PINS=(
-    "numba==0.68.1"                     # first numba line whose wheels accept numpy 2.4 (<2.6)
+    "numba==0.68.1"                     # requires numpy>=1.22,<2.6: runs with our numpy 2.4.6
     "llvmlite==0.50.0"                  # the llvmlite numba 0.68 requires
     "opencv-python-headless==4.14.0.94" # cv2 for the writer (numpy>=2 build)
     "tqdm==4.70.1"

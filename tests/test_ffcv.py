@@ -188,6 +188,26 @@ def test_corrupt_images_skipped_and_counted(ffcv_mod, cifar_jpegs, tmp_path):
 
 
 @requires_ffcv
+@pytest.mark.timeout(120)
+def test_dead_writer_worker_is_an_error_not_a_hang(ffcv_mod, img_dir, tmp_path, monkeypatch):
+    """FFCV's writer waits forever for a dead worker; ours stops and reports it."""
+    from partialnet.data import ffcv as F
+
+    orig = F._ImageDataset.__getitem__
+
+    def dies_on_7(self, i):
+        if i == 7:
+            os._exit(3)  # in the forked writer worker only
+        return orig(self, i)
+
+    monkeypatch.setattr(F._ImageDataset, "__getitem__", dies_on_7)
+    out = tmp_path / "w.beton"
+    with pytest.raises(UserError, match="worker process died"):
+        F.write_beton(str(img_dir), out, workers=2, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no .beton, no sidecar, no temp files
+
+
+@requires_ffcv
 def test_truncated_beton_is_a_user_error(beton, tmp_path):
     from partialnet.data.ffcv import FFCVDataModule, check_beton
 
@@ -264,20 +284,30 @@ def _lit(num_classes):
 def _trainer(tmp_path, max_epochs, **kw):
     import pytorch_lightning as pl
 
+    kw.setdefault("enable_checkpointing", bool(kw.get("callbacks")))
     return pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, use_distributed_sampler=False,
                       logger=False, enable_progress_bar=False, enable_model_summary=False,
                       default_root_dir=str(tmp_path), **kw)
 
 
-@requires_ffcv
-def test_lightning_fit_multiscale_and_exact_resume(dm, tmp_path):
+def _ckpt_callbacks(ck: Path, every_steps: int):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    return [ModelCheckpoint(dirpath=str(ck), filename="ep{epoch}", every_n_epochs=1, save_top_k=-1,
+                            auto_insert_metric_name=False),
+            ModelCheckpoint(dirpath=str(ck), filename="step{step}", every_n_train_steps=every_steps, save_top_k=-1,
+                            auto_insert_metric_name=False)]
+
+
+@requires_ffcv
+def test_lightning_fit_multiscale_and_exact_resume(dm, tmp_path):
     assert dm.num_classes == N_CLASSES
     steps = N_CLASSES * PER_CLASS // BATCH
-    # two straight epochs; the schedule switches 32 -> 40 px at epoch 1
+    ck = tmp_path / "ckpt"
+    # two straight epochs (the schedule switches 32 -> 40 px at epoch 1), saving checkpoints at
+    # the end of epoch 0 and mid-epoch 1 (global step steps + 2)
     m = _lit(dm.num_classes)
-    t = _trainer(tmp_path / "a", 2, enable_checkpointing=False)
+    t = _trainer(tmp_path, 2, callbacks=_ckpt_callbacks(ck, steps + 2))
     t.fit(m, datamodule=dm)
     assert t.global_step == 2 * steps
     assert {r for r, _ in m.seen[0]} == {32} and {r for r, _ in m.seen[1]} == {40}
@@ -285,21 +315,12 @@ def test_lightning_fit_multiscale_and_exact_resume(dm, tmp_path):
     labels1 = [lab for _, ys in m.seen[1] for lab in ys]
     assert sorted(labels0) == sorted(labels1) and labels0 != labels1  # reshuffled each epoch
     assert "val/loss" in t.callback_metrics
-
-    # checkpoints at the end of epoch 0 and mid-epoch 1 (global step steps + 2), then resume
-    # from each: the resumed run sees exactly the straight run's remaining epoch-1 batches
-    ck = tmp_path / "ckpt"
-    cbs = [ModelCheckpoint(dirpath=str(ck), filename="ep{epoch}", every_n_epochs=1, save_top_k=-1,
-                           auto_insert_metric_name=False),
-           ModelCheckpoint(dirpath=str(ck), filename="step{step}", every_n_train_steps=steps + 2, save_top_k=-1,
-                           auto_insert_metric_name=False)]
-    _trainer(tmp_path / "b", 2, callbacks=cbs).fit(_lit(dm.num_classes), datamodule=dm)
     saved = torch.load(ck / "ep0.ckpt", weights_only=False)
     assert saved["FFCVDataModule"]["seed"] == 7
-    for name, skip in (("ep0.ckpt", 0), (f"step{steps + 2}.ckpt", 2)):
+    # resume from each: the resumed run sees exactly the straight run's remaining epoch-1 batches
+    for name, skip in ((f"step{steps + 2}.ckpt", 2), ("ep0.ckpt", 0)):
         m2 = _lit(dm.num_classes)
-        cb = ModelCheckpoint(dirpath=str(tmp_path / "unused"), filename="x", save_top_k=0)
-        _trainer(tmp_path / "c", 2, callbacks=[cb]).fit(m2, datamodule=dm, ckpt_path=str(ck / name))
+        _trainer(tmp_path, 2, callbacks=_ckpt_callbacks(ck, steps + 2)).fit(m2, datamodule=dm, ckpt_path=str(ck / name))
         assert list(m2.seen) == [1], name
         assert [lab for _, ys in m2.seen[1] for lab in ys] == labels1[skip * BATCH:], name
 

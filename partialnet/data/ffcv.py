@@ -40,6 +40,7 @@ and the ImageFolder alternative ``data=imagenet_folder``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gzip
 import io
@@ -62,7 +63,11 @@ import pytorch_lightning as pl
 import torch
 
 from partialnet.errors import UserError
-from partialnet.training.multiscale import max_resolution, resolution_at, validate_schedule
+from partialnet.training.multiscale import (
+    max_resolution,
+    resolution_at,
+    validate_schedule,
+)
 
 __all__ = [
     "FFCVDataModule",
@@ -221,12 +226,25 @@ def _is_image(name: str) -> bool:
 
 
 def _scan_folder(root: Path, kind: str = "folder", split: str = "") -> _Source:
+    """ImageFolder layout: one folder per class (sorted), images anywhere below it (sorted)."""
     classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+    splits = {"train", "val", "valid", "validation", "test"}
+    if classes and set(classes) <= splits:
+        raise UserError(
+            f"{root} holds split folders ({', '.join(classes)}), not class folders: pass --src {root}/{classes[0]}"
+        )
+    if len(classes) == 1:
+        raise UserError(
+            f"{root} has a single class folder ({classes[0]}): pass the folder that holds the class folders"
+        )
     names, labels = [], []
     for label, c in enumerate(classes):
-        files = sorted(
-            e.path for e in os.scandir(root / c) if e.is_file() and _is_image(e.name) and not e.name.startswith(".")
-        )
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root / c, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f) and not f.startswith(".")]
+        if not files:
+            raise UserError(f"class folder {root / c} has no image files ({', '.join(IMG_EXTENSIONS)})")
         names += files
         labels += [label] * len(files)
     if not names:
@@ -288,9 +306,9 @@ def _cifar10(path: str, split: str) -> _Source:
         with tarfile.open(p, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.isfile() and _is_image(m.name)]
             parts = [Path(m.name).parts for m in members]
-            chosen = [(m, pt) for m, pt in zip(members, parts) if len(pt) >= 3 and pt[-3] == split]
+            chosen = [(m, pt) for m, pt in zip(members, parts, strict=False) if len(pt) >= 3 and pt[-3] == split]
             if not chosen:  # an archive of a bare <class>/<file> layout
-                chosen = [(m, pt) for m, pt in zip(members, parts) if len(pt) >= 2]
+                chosen = [(m, pt) for m, pt in zip(members, parts, strict=False) if len(pt) >= 2]
             if not chosen:
                 raise UserError(f"cifar10:{p}: no {split}/<class>/*.jpg members in the archive")
             chosen.sort(key=lambda mp_: (mp_[1][-2], mp_[1][-1]))
@@ -386,66 +404,73 @@ class _ImageDataset:
 
 
 class _WorkerWatchdog:
-    """FFCV's DatasetWriter waits forever when one of its worker processes dies (e.g. disk full):
-    its progress loop polls a shared counter that the dead worker never advances. Watch the
-    writer's workers; when one dies, stop the others and release the writer's main loop (fill
-    the counter, hand it empty allocation lists) so that ``from_indexed_dataset`` returns and the
-    caller can raise a clear error. Relies on ffcv 1.0.2's worker arguments (pinned)."""
+    """FFCV's DatasetWriter waits forever when one of its worker processes dies (killed, disk
+    full, ...): its progress loop polls a shared counter the dead worker never advances.
+
+    While active, the writer's ``Process`` class is swapped (in ``ffcv.writer`` only, restored on
+    exit) for a subclass that records each worker. When one dies, the others are terminated and
+    the main thread gets a KeyboardInterrupt (``_thread.interrupt_main``) that the caller turns
+    into a clear error, with ``failed`` saying why.
+    """
 
     def __init__(self):
         self.failed: str | None = None
+        self.workers: list = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _writer_workers() -> list:
-        return [p for p in mp.active_children()
-                if getattr(getattr(p, "_target", None), "__name__", "") == "worker_job_indexed_dataset"]
-
-    def _release(self, workers: list) -> None:
-        for p in workers:
-            if p.exitcode is None:
-                p.terminate()
-        for p in workers:
-            p.join(timeout=10)
-        if not workers:
-            return
-        args = workers[0]._args  # (queue, metadata_sm, metadata_type, fields, allocator, done, allocations, ds)
-        done, allocations = args[5], args[6]
-        total = len(args[7])
-        for _ in workers:
-            allocations.put([])
-        with done.get_lock():
-            done.value = total
+        self._writer_module = None
+        self._orig_process = None
 
     def _run(self):
-        seen: dict[int, Any] = {}
-        gone_since = None
-        while not self.stop.wait(0.05):
-            live = self._writer_workers()
-            for p in live:
-                seen[p.pid] = p
-            dead = [p for p in seen.values() if p.exitcode not in (None, 0)]
-            if dead:
+        import _thread
+
+        while not self.stop.wait(0.1):
+            dead = [p for p in list(self.workers) if p.exitcode not in (None, 0)]
+            if dead and not self.stop.is_set():
                 self.failed = f"a writer worker process died (exit code {dead[0].exitcode})"
-                self._release(list(seen.values()))
+                for p in self.workers:
+                    if p.exitcode is None:
+                        p.terminate()
+                _thread.interrupt_main()
                 return
-            if not seen and not live:
-                gone_since = gone_since or time.monotonic()
-                if time.monotonic() - gone_since > 120:  # workers died before we ever saw them
-                    sys.stderr.write("error: the .beton writer's worker processes did not start or died at once\n")
-                    sys.stderr.flush()
-                    os._exit(2)
-            else:
-                gone_since = None
 
     def __enter__(self):
+        import ffcv.writer as writer_module
+
+        registry = self.workers
+        base = writer_module.Process
+
+        class _TrackedProcess(base):
+            def start(self_):
+                registry.append(self_)
+                return super().start()
+
+        self._writer_module, self._orig_process = writer_module, base
+        writer_module.Process = _TrackedProcess
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
+        self._writer_module.Process = self._orig_process
         self.stop.set()
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=60)
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Temp files a killed writer (SIGKILL, power loss) left beside ``out``: their pid is gone."""
+    for f in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = f.name[len(out.name) + 2:].partition("-")
+        if kind not in ("tmp", "failed") or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                f.unlink()
+            except OSError:
+                pass
+        except PermissionError:  # someone else's live process
+            pass
 
 
 def _next_pow2(n: int) -> int:
@@ -541,7 +566,7 @@ def write_beton(
         else:
             probes = [_probe(it) for it in tqdm(items, desc="scan", disable=not progress, file=sys.stderr)]
         ok = np.array([p[0] for p in probes], bool)
-        for j, (good, w_, h_, reason) in zip(candidates, probes):
+        for j, (good, w_, h_, reason) in zip(candidates, probes, strict=False):
             if good and max_res == 0 and max(w_, h_) > 65535:
                 skipped.append({"path": source.names[j], "reason": "larger than 65535 px (the .beton limit); use --max-res"})
             elif not good:
@@ -549,7 +574,7 @@ def write_beton(
         too_big = np.array([max_res == 0 and max(p[1], p[2]) > 65535 for p in probes], bool)
         ok &= ~too_big
         keep = candidates[ok]
-        sizes = np.array([[p[1], p[2]] for p, k in zip(probes, ok) if k], dtype=np.int64).reshape(-1, 2)
+        sizes = np.array([[p[1], p[2]] for p, k in zip(probes, ok, strict=False) if k], dtype=np.int64).reshape(-1, 2)
     if len(keep) == 0:
         raise UserError(f"no readable images in {src} ({len(skipped)} unreadable, e.g. {skipped[0]['path'] if skipped else '-'})")
 
@@ -563,6 +588,7 @@ def write_beton(
     raw_total = float((stored[:, 0] * stored[:, 1] * 3).sum())
     page_size = max(1 << 23 if raw_total > 2**30 else 1 << 21, _next_pow2(2 * biggest))
 
+    _remove_stale_temp_files(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     fail_log = out.with_name(f".{out.name}.failed-{os.getpid()}")
     counts = np.bincount(np.asarray(source.labels)[keep], minlength=len(source.classes))
@@ -580,10 +606,23 @@ def write_beton(
         if progress:
             print(f"writing {len(keep)} images ({len(source.classes)} classes) to {out}", file=sys.stderr)
 
-        with _WorkerWatchdog() as dog:
-            writer.from_indexed_dataset(dataset, chunksize=max(1, int(chunksize)))
+        quiet = contextlib.redirect_stderr(io.StringIO()) if not progress else contextlib.nullcontext()
+        dog = _WorkerWatchdog()
+        try:
+            with dog, quiet:  # (FFCV's own tqdm bar goes to stderr)
+                writer.from_indexed_dataset(dataset, chunksize=max(1, int(chunksize)))
+        except KeyboardInterrupt:
+            if not dog.failed:
+                raise
         if dog.failed:
-            raise UserError(f"writing {out} failed: {dog.failed}; nothing was written (disk full? see dmesg)")
+            sm = getattr(writer, "metadata_sm", None)  # FFCV's shared metadata block, left behind
+            if sm is not None and not isinstance(sm, int):
+                try:
+                    sm.close()
+                    sm.unlink()
+                except (OSError, FileNotFoundError):
+                    pass
+            raise UserError(f"writing {out} failed: {dog.failed}; nothing was written (disk full? out of memory?)")
         failures = [ln for ln in fail_log.read_text(encoding="utf-8").splitlines() if ln]
         if failures:
             raise UserError(
@@ -717,8 +756,17 @@ def build_pipelines(
     """
     require_ffcv()
     from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
-    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
+    from ffcv.fields.rgb_image import (
+        CenterCropRGBImageDecoder,
+        RandomResizedCropRGBImageDecoder,
+    )
+    from ffcv.transforms import (
+        NormalizeImage,
+        RandomHorizontalFlip,
+        ToDevice,
+        ToTensor,
+        ToTorchImage,
+    )
 
     size = (int(resolution), int(resolution))
     if kind == "train":
@@ -1046,7 +1094,10 @@ class FFCVDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         seed = int(state_dict.get("seed", self.seed))
         if seed != self.seed:
-            warnings.warn(f"FFCVDataModule: resuming with the checkpoint's order seed {seed} (config says {self.seed})")
+            warnings.warn(
+                f"FFCVDataModule: resuming with the checkpoint's order seed {seed} (config says {self.seed})",
+                stacklevel=2,
+            )
             self.seed = seed
             self._loaders.clear()
         self._epoch = int(state_dict.get("epoch", self._epoch))
