@@ -1,0 +1,516 @@
+"""Deploy fusion of PartialNet / PATNet / FasterNet (:class:`PartialChannelNet`).
+
+:func:`fuse` returns a new inference model whose eval outputs equal the trained model's
+eval outputs (fp32, max abs diff well under 1e-4). The fusion follows the network's
+structure (design §3.4), never a generic "fold a BN into whatever conv came before" walk
+(that pairing is wrong in PAT_ch and PAT_sp, where the BN sits on one half of a split and the
+preceding conv is on the other half: the authors' ``fuse_conv_bn`` crash, paper_facts §2 #6).
+
+What is folded or merged, with BN in eval form ``bn(z) = s*z + t``
+(``s = gamma / sqrt(running_var + eps)``, ``t = beta - running_mean * s``):
+
+* ``stem.conv + stem.norm`` and every ``downsample.conv + .norm``: ``W' = s*W``, ``b' = t``.
+* ``mlp.fc1 + mlp.norm``: the same, on fc1's output rows.
+* PAT_ch's trailing BN on the attention half (``Y_u = s_n*(X_u*g) + t_n``): in block v1 the
+  mixer output only feeds ``mlp.fc1``, which is linear, so ``s_n`` scales fc1's input columns of
+  the attention half and ``W1[:, C_p:] @ t_n`` joins fc1's bias. The mixer then emits
+  ``concat(Conv3x3(X_p), X_u*g)``.
+* PAT_ch's SRM: ``hardsigmoid(srm_norm(srm_conv([mu, sigma])))``; the BN on the (B, C_u, 1, 1) map
+  folds into the (1, 2) conv, which is one Linear on ``concat(mu, sigma)`` with a bias.
+* PAT_sp (after ``mlp.fc2``, attention half first, ``X = [X_a | X_c] = W2 h``):
+
+  - conv half ``Y_c = Wc (s_c*X_c + t_c)`` is linear in ``h``: fc2's rows for it become
+    ``Wc diag(s_c) W2_c`` with bias ``Wc t_c`` (PAT_sp's 1x1 conv and BN disappear);
+  - attention half ``Y_a = s_a*(X_a*hardsigmoid(w_g.X_a)) + t_a``: fc2's rows become
+    ``diag(s_a) W2_a`` (so ``X_a' = s_a*X_a``) and the gate weight ``w_g / s_a``, so only
+    ``Y_a = X_a'*hardsigmoid((w_g/s_a).X_a') + t_a`` is left: one matrix-vector product and one
+    fused multiply-add over X_a'. When some ``|s_a|`` is below ``_MIN_FOLD_SCALE`` (a BN weight
+    near 0) the scale is kept as a separate factor instead of being divided out.
+
+* PAT_sf: LayerNorm2d's affine and the attention scale fold into ``qkv`` (weight and bias);
+  ``qkv`` and ``proj`` run as 1x1 convs; the relative-position bias ``table[:, bucket(H, W)]``
+  is cached per input size.
+* Not foldable, kept: the GELU/ReLU between fc1 and fc2, the SRM statistics and gate, the
+  PAT_sp spatial gate, PAT_sf's LayerNorm normalisation and softmax, the head.
+* PConv: the layer's in-place ``'slicing'`` form (clone first, so the shortcut is intact).
+
+The fused model runs channels_last on CPU (oneDNN's fast path for 1x1 convs; ``channels_last``
+argument) and, with ``forward_type='slicing'`` (default), writes into its own intermediate
+tensors in place. :func:`set_forward_type` switches every fused module to the out-of-place
+``'split_cat'`` form, which is what ONNX export uses (in-place slice writes blew up
+FasterNet's ONNX graphs, FasterNet issue #16). Both forms give the same outputs and run on any
+input size the original model accepts.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from partialnet.errors import UserError
+from partialnet.models.backbone import Mlp, PartialBlock, PartialChannelNet
+from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PATSpatial, euclidean_bucket_index
+
+__all__ = [
+    "fuse",
+    "set_forward_type",
+    "is_fused",
+    "FusedStem",
+    "FusedPATChannel",
+    "FusedPATSelf",
+    "FusedMlp",
+    "FusedBlock",
+]
+
+FORWARD_TYPES = ("slicing", "split_cat")
+# PAT_sp attention-BN scales at least this large are folded into fc2 (see FusedMlp).
+_MIN_FOLD_SCALE = 1e-4
+
+
+# --------------------------------------------------------------------------- algebra helpers
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` in float64 with ``bn(z) == s*z + t`` in eval mode (per channel)."""
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        raise UserError(f"expected a BatchNorm layer to fold, found {type(bn).__name__}")
+    if bn.running_mean is None or bn.running_var is None:
+        raise UserError(
+            f"{type(bn).__name__}({bn.num_features}) has no running statistics (track_running_stats=False); "
+            "it cannot be folded for inference"
+        )
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    s = gamma / torch.sqrt(var + bn.eps)
+    return s, beta - mean * s
+
+
+def _weight64(conv: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    return conv.weight.detach().double()
+
+
+def _bias64(module: nn.Conv2d | nn.Linear, out: int) -> torch.Tensor:
+    if module.bias is None:
+        return torch.zeros(out, dtype=torch.float64, device=module.weight.device)
+    return module.bias.detach().double()
+
+
+def _new_conv(like: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
+    """A Conv2d with ``like``'s geometry and the given (float64) weight / bias."""
+    out_chs, in_per_group = weight.shape[:2]
+    conv = torch.nn.utils.skip_init(  # no random init: every value is overwritten below
+        nn.Conv2d,
+        in_per_group * like.groups,
+        out_chs,
+        like.kernel_size,
+        like.stride,
+        like.padding,
+        like.dilation,
+        like.groups,
+        bias=bias is not None,
+        padding_mode=like.padding_mode,
+        device=like.weight.device,
+        dtype=like.weight.dtype,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
+def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``bn(conv(x))`` as one conv with bias."""
+    s, t = _bn_scale_shift(bn)
+    w = _weight64(conv)
+    b = _bias64(conv, w.shape[0])
+    return _new_conv(conv, w * s.view(-1, 1, 1, 1), b * s + t)
+
+
+# --------------------------------------------------------------------------- fused modules
+class FusedStem(nn.Module):
+    """Stem conv with its BN folded; optionally moves the input to channels_last first."""
+
+    def __init__(self, conv: nn.Conv2d, channels_last: bool = True):
+        super().__init__()
+        self.conv = conv
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.conv(x)
+
+    def extra_repr(self) -> str:
+        return f"channels_last={self.channels_last}"
+
+
+class FusedPATChannel(nn.Module):
+    """PAT_ch without BNs: ``concat(Conv3x3(X_p), X_u * hardsigmoid(srm(concat(mu, sigma))))``.
+
+    ``srm`` is the (1, 2) conv with the SRM BN folded, written as one Linear on
+    ``concat(mean, std)`` (2*C_u -> C_u). The trailing BN of the original lives in the next
+    ``mlp.fc1``. ``std = sqrt(unbiased var + std_eps)``, var 0 for a single position, as in
+    :class:`~partialnet.models.layers.PATChannel`.
+    """
+
+    def __init__(self, dim_conv: int, dim_untouched: int, std_eps: float, forward_type: str = "slicing"):
+        super().__init__()
+        self.dim_conv = int(dim_conv)
+        self.dim_untouched = int(dim_untouched)
+        self.dim = self.dim_conv + self.dim_untouched
+        self.std_eps = float(std_eps)
+        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
+        self.srm = nn.Linear(2 * self.dim_untouched, self.dim_untouched)
+        self.forward_type = forward_type
+
+    @classmethod
+    def from_layer(cls, layer: PATChannel, forward_type: str = "slicing") -> "FusedPATChannel":
+        m = cls(layer.dim_conv, layer.dim_untouched, layer.std_eps, forward_type)
+        m.to(device=layer.conv.weight.device, dtype=layer.conv.weight.dtype)
+        s, t = _bn_scale_shift(layer.srm_norm)
+        w = _weight64(layer.srm_conv)  # (C_u, C_u, 1, 2): [..., 0] weighs the mean, [..., 1] the std
+        w_lin = torch.cat((w[:, :, 0, 0], w[:, :, 0, 1]), dim=1) * s[:, None]
+        with torch.no_grad():
+            m.conv.weight.copy_(layer.conv.weight)
+            m.srm.weight.copy_(w_lin)
+            m.srm.bias.copy_(t)
+        return m
+
+    def gate(self, x_u: torch.Tensor) -> torch.Tensor:
+        """The SRM gate, shape (B, C_u)."""
+        n = x_u.shape[-2] * x_u.shape[-1]
+        mean = x_u.mean(dim=(2, 3))
+        if n > 1:
+            d = x_u - mean[:, :, None, None]
+            var = (d * d).sum(dim=(2, 3)) / (n - 1)  # two-pass unbiased var (torch.var is slow on CPU)
+        else:
+            var = torch.zeros_like(mean)
+        std = torch.sqrt(var + self.std_eps)
+        return F.hardsigmoid(self.srm(torch.cat((mean, std), dim=1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_p, x_u = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        g = self.gate(x_u)[:, :, None, None]
+        if self.forward_type == "slicing" and not torch.is_grad_enabled():
+            out = torch.empty_like(x)
+            out[:, : self.dim_conv] = self.conv(x_p)
+            torch.mul(x_u, g, out=out[:, self.dim_conv :])
+            return out
+        return torch.cat((self.conv(x_p), x_u * g), dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, dim_conv={self.dim_conv}, dim_untouched={self.dim_untouched}, "
+            f"forward_type={self.forward_type!r}"
+        )
+
+
+class FusedPATSelf(nn.Module):
+    """PAT_sf with LayerNorm affine and attention scale folded into ``qkv``.
+
+    ``concat(Conv3x3(X_p), proj(softmax(q k^T + rpe) v))`` with ``q, k, v = qkv(LN(X_u))``
+    (LN without affine; ``qkv`` and ``proj`` are 1x1 convs; the eval-mode dropouts are gone).
+    The relative-position bias ``rpe_table[:, bucket(H, W)]`` is cached per (H, W, device,
+    dtype) in the instance (not in the state dict).
+    """
+
+    def __init__(self, dim_conv: int, dim_untouched: int, num_heads: int, num_buckets: int, ln_eps: float):
+        super().__init__()
+        self.dim_conv = int(dim_conv)
+        self.dim_untouched = int(dim_untouched)
+        self.dim = self.dim_conv + self.dim_untouched
+        self.num_heads = int(num_heads)
+        self.head_dim = self.dim_untouched // self.num_heads
+        self.num_buckets = int(num_buckets)
+        self.ln_eps = float(ln_eps)
+        c_u = self.dim_untouched
+        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
+        # 1x1 convs on (B, C, H, W) maps rather than Linear on tokens: oneDNN's channels_last
+        # 1x1 conv is the faster GEMM on CPU here, and the token layout is the same memory.
+        self.qkv = nn.Conv2d(c_u, 3 * c_u, 1)
+        self.proj = nn.Conv2d(c_u, c_u, 1)
+        self.rpe_table = nn.Parameter(torch.zeros(self.num_heads, self.num_buckets))
+        self.forward_type = "slicing"  # no in-place form here; kept for a uniform interface
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_layer(cls, layer: PATSelf) -> "FusedPATSelf":
+        norm = layer.norm
+        m = cls(layer.dim_conv, layer.dim_untouched, layer.num_heads, layer.rpe.num_buckets, norm.eps)
+        m.to(device=layer.conv.weight.device, dtype=layer.conv.weight.dtype)
+        c_u = layer.dim_untouched
+        w = _weight64(layer.qkv)  # (3C_u, C_u)
+        b = _bias64(layer.qkv, w.shape[0])
+        if norm.weight is not None:
+            b = b + w @ norm.bias.detach().double()
+            w = w * norm.weight.detach().double()[None, :]
+        row_scale = torch.ones(3 * c_u, dtype=torch.float64, device=w.device)
+        row_scale[:c_u] = layer.scale
+        with torch.no_grad():
+            m.conv.weight.copy_(layer.conv.weight)
+            m.qkv.weight.copy_((w * row_scale[:, None])[:, :, None, None])
+            m.qkv.bias.copy_(b * row_scale)
+            m.proj.weight.copy_(layer.proj.weight[:, :, None, None])
+            m.proj.bias.copy_(_bias64(layer.proj, c_u))
+            m.rpe_table.copy_(layer.rpe.bias_table)
+        return m
+
+    def rpe_bias(self, height: int, width: int) -> torch.Tensor:
+        """(heads, H*W, H*W) logit bias for an H x W map."""
+        table = self.rpe_table
+        key = (int(height), int(width), str(table.device), table.dtype, table._version)
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            index = euclidean_bucket_index(height, width, self.num_buckets, table.device)
+            with torch.no_grad():
+                bias = table[:, index].contiguous()
+            self._bias_cache = {key: bias}  # one size at a time; a new size or new weights recompute
+        return bias
+
+    def attention(self, x_u: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x_u.shape
+        c, n = self.dim_untouched, h * w
+        tokens = F.layer_norm(x_u.permute(0, 2, 3, 1), (c,), eps=self.ln_eps)  # (B, H, W, C); affine in qkv
+        qkv = self.qkv(tokens.permute(0, 3, 1, 2))  # (B, 3C, H, W), channels_last memory
+        qkv = qkv.permute(0, 2, 3, 1).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = (q @ k.transpose(-2, -1) + self.rpe_bias(h, w)).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, h, w, c)
+        return self.proj(out.permute(0, 3, 1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_p, x_u = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        return torch.cat((self.conv(x_p), self.attention(x_u)), dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, dim_conv={self.dim_conv}, dim_untouched={self.dim_untouched}, "
+            f"num_heads={self.num_heads}"
+        )
+
+
+class FusedMlp(nn.Module):
+    """``fc2(act(fc1(x)))`` with BNs folded and, with PAT_sp, its conv half merged into ``fc2``.
+
+    With PAT_sp, ``fc2`` emits ``[X_a' | Y_c]`` and the attention half is finished here::
+
+        g   = hardsigmoid(gate_weight . X_a')        (one map, shared by the channels)
+        Y_a = X_a' * g [* attn_scale] + attn_shift
+
+    where ``X_a' = s_a * X_a`` and ``gate_weight = w_g / s_a`` when PAT_sp's BN scale is safely
+    away from zero (``attn_scale`` is then None: one pass over X_a'), else ``X_a' = X_a``,
+    ``gate_weight = w_g`` and ``attn_scale = s_a``.
+    In the ``'slicing'`` form the activation and the attention half are computed in place in
+    the MLP's own intermediate tensors.
+    """
+
+    def __init__(
+        self, fc1: nn.Conv2d, act: nn.Module, fc2: nn.Conv2d, dim_attn: int = 0, forward_type: str = "slicing"
+    ):
+        super().__init__()
+        self.fc1 = fc1
+        self.act = act
+        self.fc2 = fc2
+        self.dim = fc2.out_channels
+        self.dim_attn = int(dim_attn)
+        self.pat_sp = self.dim_attn > 0
+        like = dict(dtype=fc2.weight.dtype, device=fc2.weight.device)
+        if self.pat_sp:
+            self.register_buffer("gate_weight", torch.zeros(1, self.dim_attn, **like))
+            self.register_buffer("attn_shift", torch.zeros(1, self.dim_attn, 1, 1, **like))
+        else:
+            self.gate_weight = self.attn_shift = None
+        self.register_buffer("attn_scale", None)  # set by fuse() when s_a is not folded into fc2
+        self.forward_type = forward_type
+
+    def _activate(self, h: torch.Tensor, inplace: bool) -> torch.Tensor:
+        act = self.act
+        if inplace and type(act) is nn.GELU:
+            return torch.ops.aten.gelu_(h, approximate=act.approximate)
+        if inplace and type(act) is nn.ReLU:
+            return torch.relu_(h)
+        return act(h)
+
+    def _gate(self, y_a: torch.Tensor) -> torch.Tensor:
+        """hardsigmoid(gate_weight . X_a'), shape (B, 1, H, W)."""
+        if y_a.dim() == 4 and y_a.stride(1) == 1:
+            # channels_last slice: a matrix-vector product on the (B, H, W, C_a) view, no copy
+            logit = F.linear(y_a.permute(0, 2, 3, 1), self.gate_weight).permute(0, 3, 1, 2)
+        else:
+            logit = F.conv2d(y_a, self.gate_weight[:, :, None, None])
+        return F.hardsigmoid(logit)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inplace = self.forward_type == "slicing" and not torch.is_grad_enabled()
+        y = self.fc2(self._activate(self.fc1(x), inplace))
+        if not self.pat_sp:
+            return y
+        c_a = self.dim_attn
+        if inplace:
+            y_a = y[:, :c_a]
+            g = self._gate(y_a)
+            if self.attn_scale is None:
+                torch.addcmul(self.attn_shift, y_a, g, out=y_a)
+            else:
+                y_a.mul_(g)
+                torch.addcmul(self.attn_shift, y_a, self.attn_scale, out=y_a)
+            return y
+        y_a, y_c = torch.split(y, [c_a, self.dim - c_a], dim=1)
+        y_a = y_a * self._gate(y_a)
+        if self.attn_scale is not None:
+            y_a = y_a * self.attn_scale
+        return torch.cat((y_a + self.attn_shift, y_c), dim=1)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, pat_sp={self.pat_sp}, forward_type={self.forward_type!r}"
+
+
+class FusedBlock(nn.Module):
+    """v1 ``x + mlp(mixer(x))`` or v2 ``x = x + mixer(x); x + mlp(x)`` (drop-path is identity).
+
+    In the ``'slicing'`` form (no autograd) the residual is added in place into the branch's
+    own freshly computed output.
+    """
+
+    def __init__(self, mixer: nn.Module, mlp: FusedMlp, mixer_residual: bool, forward_type: str = "slicing"):
+        super().__init__()
+        self.mixer = mixer
+        self.mlp = mlp
+        self.mixer_residual = bool(mixer_residual)
+        self.forward_type = forward_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.forward_type == "slicing" and not torch.is_grad_enabled():
+            if self.mixer_residual:
+                x = self.mixer(x).add_(x)
+                return self.mlp(x).add_(x)
+            return self.mlp(self.mixer(x)).add_(x)
+        if self.mixer_residual:
+            x = x + self.mixer(x)
+            return x + self.mlp(x)
+        return x + self.mlp(self.mixer(x))
+
+    def extra_repr(self) -> str:
+        return f"mixer_residual={self.mixer_residual}, forward_type={self.forward_type!r}"
+
+
+# --------------------------------------------------------------------------- structure-aware fusion
+def _fuse_mlp(mlp: Mlp, in_scale: torch.Tensor | None, in_shift: torch.Tensor | None, forward_type: str) -> FusedMlp:
+    """Fold ``mlp.norm`` (and an optional per-input-channel affine ``in_scale*z + in_shift``
+    feeding fc1) into fc1; merge PAT_sp into fc2."""
+    w1 = _weight64(mlp.fc1)  # (hidden, C, 1, 1)
+    b1 = _bias64(mlp.fc1, w1.shape[0])
+    if in_shift is not None:
+        b1 = b1 + w1[:, :, 0, 0] @ in_shift
+    if in_scale is not None:
+        w1 = w1 * in_scale.view(1, -1, 1, 1)
+    s_m, t_m = _bn_scale_shift(mlp.norm)
+    fc1 = _new_conv(mlp.fc1, w1 * s_m.view(-1, 1, 1, 1), b1 * s_m + t_m)
+    act = copy.deepcopy(mlp.act)
+
+    sp = mlp.pat_sp
+    if isinstance(sp, nn.Identity):
+        return FusedMlp(fc1, act, copy.deepcopy(mlp.fc2), 0, forward_type)
+    if not isinstance(sp, PATSpatial):
+        raise UserError(f"mlp.pat_sp is a {type(sp).__name__}; fuse knows PATSpatial or Identity")
+    w2 = _weight64(mlp.fc2)[:, :, 0, 0]  # (C, hidden)
+    b2 = _bias64(mlp.fc2, w2.shape[0])
+    c_a = sp.dim_attn
+    s_a, t_a = _bn_scale_shift(sp.attn_norm)
+    s_c, t_c = _bn_scale_shift(sp.conv_norm)
+    w_c = _weight64(sp.conv)[:, :, 0, 0]  # (C_c, C_c)
+    w_g = _weight64(sp.attn_conv)[0, :, 0, 0]  # (C_a,)
+    # Fold s_a into fc2's attention rows when dividing the gate weight by it is harmless.
+    fold_scale = bool(torch.all(s_a.abs() >= _MIN_FOLD_SCALE))
+    a_scale = s_a if fold_scale else torch.ones_like(s_a)
+    rows = torch.cat((a_scale[:, None] * w2[:c_a], w_c @ (s_c[:, None] * w2[c_a:])))
+    bias = torch.cat((a_scale * b2[:c_a], w_c @ (s_c * b2[c_a:] + t_c)))
+    fc2 = _new_conv(mlp.fc2, rows[:, :, None, None], bias)
+    fused = FusedMlp(fc1, act, fc2, c_a, forward_type)
+    with torch.no_grad():
+        fused.gate_weight.copy_((w_g / a_scale)[None, :])
+        fused.attn_shift.copy_(t_a.view(1, -1, 1, 1))
+    if not fold_scale:
+        fused.attn_scale = s_a.view(1, -1, 1, 1).to(fc2.weight)
+    return fused
+
+
+def _fuse_block(block: PartialBlock, forward_type: str) -> FusedBlock:
+    mixer = block.mixer
+    in_scale = in_shift = None
+    if isinstance(mixer, PATChannel):
+        if block.mixer_residual:
+            raise UserError("a PAT_ch block with its own residual is not a PartialNet block; fuse cannot fold it")
+        s_n, t_n = _bn_scale_shift(mixer.norm)
+        ones = torch.ones(mixer.dim_conv, dtype=torch.float64, device=s_n.device)
+        in_scale = torch.cat((ones, s_n))
+        in_shift = torch.cat((torch.zeros_like(ones), t_n))
+        new_mixer: nn.Module = FusedPATChannel.from_layer(mixer, forward_type)
+    elif isinstance(mixer, PATSelf):
+        new_mixer = FusedPATSelf.from_layer(mixer)
+    elif isinstance(mixer, PartialConv):
+        new_mixer = copy.deepcopy(mixer)
+        new_mixer.forward_type = forward_type
+    else:
+        raise UserError(f"block mixer {type(mixer).__name__} is unknown to fuse (PATChannel, PATSelf, PartialConv)")
+    mlp = _fuse_mlp(block.mlp, in_scale, in_shift, forward_type)
+    return FusedBlock(new_mixer, mlp, block.mixer_residual, forward_type)
+
+
+def is_fused(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "stem", None), FusedStem)
+
+
+@torch.no_grad()
+def fuse(model: nn.Module, channels_last: bool = True, forward_type: str = "slicing") -> nn.Module:
+    """A new, fused inference copy of ``model`` (``model`` itself is not modified).
+
+    ``model`` is a :class:`PartialChannelNet` (every ``partialnet_*``, ``patnet_*`` and
+    ``fasternet_*`` variant) in train or eval mode; BNs are folded with their running
+    statistics, so the result equals ``model.eval()``'s outputs. The copy is returned in eval
+    mode on ``model``'s device/dtype. ``channels_last`` makes it move its input to channels_last
+    (fast 1x1 convs on CPU); ``forward_type`` is ``'slicing'`` (in-place writes into its own
+    intermediates, PConv slicing form) or ``'split_cat'`` (out-of-place, for export).
+    """
+    if forward_type not in FORWARD_TYPES:
+        raise UserError(f"forward_type {forward_type!r} is unknown; use 'slicing' or 'split_cat'")
+    if not isinstance(model, PartialChannelNet):
+        raise UserError(
+            f"fuse supports PartialChannelNet models (partialnet_*, patnet_*, fasternet_*), not {type(model).__name__}"
+        )
+    if is_fused(model):
+        out = copy.deepcopy(model).eval()
+        out.stem.channels_last = channels_last
+        set_forward_type(out, forward_type)
+        return out
+    # Build the fused parts from the original (read only), then deep-copy the model with the
+    # memo pre-seeded so that each replaced module is swapped for its fused form.
+    stem = FusedStem(_fold_conv_bn(model.stem.conv, model.stem.norm), channels_last)
+    memo: dict[int, object] = {id(model.stem): stem}
+    for stage in model.stages:
+        ds = stage.downsample
+        if not isinstance(ds, nn.Identity):
+            memo[id(ds)] = _fold_conv_bn(ds.conv, ds.norm)
+        for block in stage.blocks:
+            memo[id(block)] = _fuse_block(block, forward_type)
+    fused = copy.deepcopy(model, memo)
+    return fused.eval()
+
+
+def _fused_modules(model: nn.Module) -> Iterable[nn.Module]:
+    for m in model.modules():
+        if isinstance(m, (FusedPATChannel, FusedMlp, FusedPATSelf, FusedBlock, PartialConv)):
+            yield m
+
+
+def set_forward_type(model: nn.Module, forward_type: str) -> nn.Module:
+    """Switch every fused module (and PConv) of ``model`` to ``'slicing'`` or ``'split_cat'``, in place."""
+    if forward_type not in FORWARD_TYPES:
+        raise UserError(f"forward_type {forward_type!r} is unknown; use 'slicing' or 'split_cat'")
+    for m in _fused_modules(model):
+        m.forward_type = forward_type
+    return model

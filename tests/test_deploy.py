@@ -1,0 +1,278 @@
+"""Deploy form: structure-aware fusion (partialnet.deploy.fuse) and ONNX export.
+
+Every comparison runs on models whose BatchNorm running statistics and affine parameters,
+LayerNorm affines, relative-position tables and Linear biases are set to non-trivial random
+values first: with default (identity) BNs a folding bug would hide.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+import partialnet
+from partialnet.deploy import export_onnx, fuse, is_fused, onnx_max_abs_diff, set_forward_type
+from partialnet.deploy.fusion import FusedMlp, FusedPATChannel, FusedPATSelf
+from partialnet.errors import UserError
+from partialnet.models.layers import EuclideanRPE, PartialConv, PATChannel, PATSelf, PATSpatial
+
+TOL = 1e-4
+FAMILIES = ("partialnet", "patnet", "fasternet")
+FAST_SIZES = ("t0", "t1", "t2", "s")
+SLOW_SIZES = ("m", "l")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one torch thread is as fast, and far faster when the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN stats/affines, LN affines, RPE tables and Linear biases (in place)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(shape, lo, hi):
+        return torch.rand(shape, generator=g) * (hi - lo) + lo
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+                m.running_var.copy_(rand(n, 0.3, 2.5))
+                m.weight.copy_(rand(n, 0.4, 1.6) * torch.sign(torch.randn(n, generator=g)))
+                m.bias.copy_(torch.randn(n, generator=g) * 0.3)
+            elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+                m.weight.copy_(rand(m.weight.shape, 0.5, 1.5))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
+            elif isinstance(m, EuclideanRPE):
+                m.bias_table.copy_(torch.randn(m.bias_table.shape, generator=g))
+            elif isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model
+
+
+def build(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize(partialnet.create_model(name, **kwargs), seed).eval()
+
+
+def max_diffs(model: nn.Module, fused: nn.Module, x: torch.Tensor) -> dict:
+    """Max abs differences of logits and of the pre-head features, for both fused forms."""
+    out = {}
+    with torch.no_grad():
+        ref, ref_feat = model(x), model.forward_features(x)
+        for form in ("slicing", "split_cat"):
+            set_forward_type(fused, form)
+            out[f"{form}/logits"] = (fused(x) - ref).abs().max().item()
+            out[f"{form}/features"] = (fused.forward_features(x) - ref_feat).abs().max().item()
+        set_forward_type(fused, "slicing")
+    return out
+
+
+def assert_equivalent(model: nn.Module, fused: nn.Module, x: torch.Tensor) -> None:
+    diffs = max_diffs(model, fused, x)
+    assert max(diffs.values()) <= TOL, diffs
+
+
+def bn_count(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("name", [f"{f}_{s}" for f in FAMILIES for s in FAST_SIZES])
+def test_fuse_matches_eval_fast_variants(name):
+    model = build(name)
+    fused = fuse(model)
+    assert_equivalent(model, fused, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [f"{f}_{s}" for f in FAMILIES for s in SLOW_SIZES])
+def test_fuse_matches_eval_large_variants(name):
+    model = build(name)
+    fused = fuse(model)
+    assert_equivalent(model, fused, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, size",
+    [
+        ("partialnet_t0", dict(pat_sp=False), 64),
+        ("patnet_t0", dict(pat_sp=False), 64),
+        ("partialnet_t0", dict(split_ratio=0.5), 64),
+        ("partialnet_t0", dict(split_ratio=0.125), 64),
+        ("fasternet_t0", dict(split_ratio=0.5), 64),
+        ("fasternet_t0", dict(split_ratio=0.125), 64),
+        ("partialnet_t0", dict(ratios=[0.5, 0.25, 0.125] * 4 + [0.0625]), 64),
+        ("fasternet_t0", dict(ratios=[0.125, 0.5, 0.25] * 4 + [0.5]), 64),
+        ("partialnet_t0", dict(small_input=True), 32),
+        ("patnet_t0", dict(small_input=True, pat_sp=False), 32),
+        ("fasternet_t0", dict(small_input=True), 32),
+        ("partialnet_t0", dict(num_classes=10, in_chans=1), 64),
+    ],
+)
+def test_fuse_matches_eval_configs(name, kwargs, size):
+    model = build(name, seed=3, **kwargs)
+    fused = fuse(model)
+    assert_equivalent(model, fused, torch.randn(2, kwargs.get("in_chans", 3), size, size))
+
+
+def test_fused_batch1_eval_at_224_and_other_sizes():
+    model = build("partialnet_t0", seed=1)
+    fused = fuse(model)
+    assert_equivalent(model, fused, torch.randn(1, 3, 224, 224))
+    # any size the original runs on: non-square, odd stage sizes, another size after the first
+    for hw in ((96, 160), (72, 72), (64, 64)):
+        assert_equivalent(model, fused, torch.randn(1, 3, *hw))
+
+
+def test_fused_train_mode_input_and_grad_mode():
+    """BNs fold with running stats (eval semantics) even when the input model is in train mode;
+    with autograd on, the fused model runs out of place and still agrees."""
+    model = build("patnet_t0", seed=2).train()
+    fused = fuse(model)
+    assert model.training and not fused.training
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    model.train()
+    out = fused(x)  # grad enabled
+    assert (out - ref).abs().max().item() <= TOL
+
+
+def test_pat_sp_gate_fallback_when_bn_scale_is_zero():
+    """A PAT_sp attention-BN channel with weight 0 cannot be divided out of the gate weight:
+    the fused MLP keeps the scale separately and stays exact."""
+    model = build("partialnet_t0", seed=4)
+    with torch.no_grad():
+        model.stages[0].blocks[0].mlp.pat_sp.attn_norm.weight[3] = 0.0
+    fused = fuse(model)
+    mlps = [m for m in fused.modules() if isinstance(m, FusedMlp)]
+    assert mlps[0].attn_scale is not None and all(m.attn_scale is None for m in mlps[1:])
+    assert_equivalent(model, fused, torch.randn(2, 3, 64, 64))
+
+
+def test_comparison_has_teeth():
+    """A small error in one folded constant is caught by the 1e-4 check."""
+    model = build("partialnet_t0", seed=5)
+    fused = fuse(model)
+    with torch.no_grad():
+        fused.stages[2].blocks[3].mlp.attn_shift[0, 5] += 1e-2
+    assert max(max_diffs(model, fused, torch.randn(2, 3, 64, 64)).values()) > TOL
+
+
+# ----------------------------------------------------------------------------- structure
+def _state(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fuse_leaves_input_untouched_and_shares_nothing():
+    model = build("partialnet_t0", seed=6).train()
+    before, modules_before = _state(model), [type(m) for m in model.modules()]
+    fused = fuse(model)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [type(m) for m in model.modules()] == modules_before
+    assert model.training
+    ptrs = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    assert not any(t.data_ptr() in ptrs for t in list(fused.parameters()) + list(fused.buffers()))
+    assert all(isinstance(b.mixer, PATChannel) for b in model.stages[0].blocks)
+
+
+@pytest.mark.parametrize("name", ["partialnet_t0", "patnet_t0", "fasternet_t0"])
+def test_fused_structure_no_batchnorm_left(name):
+    model = build(name)
+    depths = [len(s.blocks) for s in model.stages]
+    n_blocks = sum(depths)
+    pat = not name.startswith("fasternet")
+    # unfused: stem + 3 merging + one per MLP, + PAT_ch's two and PAT_sp's two per PAT block
+    n_pat_ch = sum(depths[:3]) if pat else 0
+    expected_bn = 1 + 3 + n_blocks + 2 * n_pat_ch + (2 * n_blocks if pat else 0)
+    assert bn_count(model) == expected_bn
+    fused = fuse(model)
+    assert is_fused(fused) and not is_fused(model)
+    assert bn_count(fused) == 0
+    assert not any(isinstance(m, (nn.LayerNorm, PATSpatial, PATChannel, PATSelf)) for m in fused.modules())
+    fused_mlps = [m for m in fused.modules() if isinstance(m, FusedMlp)]
+    assert len(fused_mlps) == n_blocks
+    assert all(m.fc1.bias is not None for m in fused_mlps)
+    assert all(m.fc2.out_channels == m.fc1.in_channels for m in fused_mlps)  # PAT_sp merged, no extra conv
+    assert all(m.pat_sp == pat for m in fused_mlps)
+    assert sum(isinstance(m, FusedPATChannel) for m in fused.modules()) == n_pat_ch
+    assert sum(isinstance(m, FusedPATSelf) for m in fused.modules()) == (depths[3] if pat else 0)
+    pconvs = [m for m in fused.modules() if isinstance(m, PartialConv)]
+    assert len(pconvs) == (0 if pat else n_blocks)
+    assert all(m.forward_type == "slicing" for m in pconvs)
+    n_fused, n_orig = sum(p.numel() for p in fused.parameters()), sum(p.numel() for p in model.parameters())
+    assert n_fused < n_orig
+
+
+def test_fuse_twice_and_forward_type_switch():
+    model = build("fasternet_t0", seed=7)
+    fused = fuse(model)
+    again = fuse(fused, forward_type="split_cat")
+    assert again is not fused
+    assert all(m.forward_type == "split_cat" for m in again.modules() if isinstance(m, PartialConv))
+    assert all(m.forward_type == "slicing" for m in fused.modules() if isinstance(m, PartialConv))
+    assert_equivalent(model, again, torch.randn(2, 3, 64, 64))
+
+
+def test_fuse_rejects_other_models():
+    with pytest.raises(UserError, match="PartialChannelNet"):
+        fuse(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
+    with pytest.raises(UserError, match="forward_type"):
+        fuse(build("fasternet_t0"), forward_type="inplace")
+
+
+# ----------------------------------------------------------------------------- ONNX
+@pytest.mark.parametrize("name", ["partialnet_t0", "patnet_t0", "fasternet_t0"])
+def test_onnx_round_trip_dynamic_batch(name, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    model = build(name, seed=8)
+    before = _state(model)
+    path = tmp_path / f"{name}.onnx"
+    t0 = time.perf_counter()
+    out = export_onnx(model, path, input_size=64, dynamic_batch=True)
+    elapsed = time.perf_counter() - t0
+    assert out == path and path.is_file()
+    assert os.listdir(tmp_path) == [path.name]  # atomic: no temporary file left behind
+    assert elapsed < 20, f"export took {elapsed:.1f} s"
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    graph = proto.graph
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"ScatterND", "ScatterElements", "BatchNormalization"}, ops
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    for batch in (1, 3):
+        diff = onnx_max_abs_diff(path, model, torch.randn(batch, 3, 64, 64))
+        assert diff <= TOL, (batch, diff)
+
+
+def test_onnx_unfused_static_batch(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    model = build("fasternet_t0", seed=9)
+    for m in model.modules():
+        if isinstance(m, PartialConv):
+            m.forward_type = "slicing"  # the export must still trace split-cat, on a copy
+    path = export_onnx(model, tmp_path / "fn.onnx", input_size=(48, 64), dynamic_batch=False, fuse=False, batch_size=2)
+    assert onnx_max_abs_diff(path, model, torch.randn(2, 3, 48, 64)) <= TOL
+    assert all(m.forward_type == "slicing" for m in model.modules() if isinstance(m, PartialConv))
+
+
+def test_onnx_bad_path(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        export_onnx(build("fasternet_t0"), tmp_path / "missing" / "m.onnx", input_size=32)
+    with pytest.raises(UserError, match=".onnx"):
+        export_onnx(build("fasternet_t0"), tmp_path / "m.pt", input_size=32)
