@@ -58,11 +58,14 @@ class PATChannel(PartialSplit):
     def channel_gate(self, x_u: torch.Tensor) -> torch.Tensor:
         """The SRM gate g of shape (B, C_u, 1, 1)."""
         flat = x_u.flatten(2)
-        mean = flat.mean(dim=-1)
-        if flat.shape[-1] > 1:
-            var = flat.var(dim=-1, correction=1)
+        mean = flat.mean(dim=-1, keepdim=True)
+        n = flat.shape[-1]
+        if n > 1:  # two-pass unbiased variance: several times faster than Tensor.var on CPU
+            d = flat - mean
+            var = (d * d).sum(dim=-1) / (n - 1)
         else:
-            var = torch.zeros_like(mean)
+            var = torch.zeros_like(mean.squeeze(-1))
+        mean = mean.squeeze(-1)
         std = (var + self.std_eps).sqrt()
         stats = torch.stack((mean, std), dim=-1).unsqueeze(2)  # (B, C_u, 1, 2)
         return self.srm_gate(self.srm_norm(self.srm_conv(stats)))
