@@ -1,0 +1,199 @@
+"""The search's result: the final per-layer choice, ``ratios.yaml`` and ``ratios.png``.
+
+Final choice: the argmax of the learned distribution per layer. If its exact MACs miss the
+target by more than the tolerance, a deterministic projection picks the most probable
+configuration inside the band (:func:`partialnet.search.constraint.project_to_band`); the
+result says whether it was used.
+
+``ratios.yaml`` (see :mod:`partialnet.models.ratios_file`): ``model``, ``model_kwargs`` (every
+constructor argument that changes the built model from the registry default, e.g.
+``num_classes`` and ``small_input``), ``input_size`` [C, H, W], ``ratios``, ``params`` and
+``macs`` counted on the rebuilt static model, ``target_macs``, ``config_hash``.
+``partialnet.create_model(model, ratios=ratios, **model_kwargs)`` rebuilds the architecture.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from partialnet.measure.count import count
+from partialnet.models.ratios_file import write_ratios_file
+from partialnet.models.registry import create_model
+from partialnet.search.constraint import argmax_choice, project_to_band
+from partialnet.search.cost_model import CostTable
+from partialnet.search.gumbel import masked_logits
+from partialnet.search.supernet import LayerSpec
+
+__all__ = ["FinalChoice", "final_choice", "non_default_kwargs", "config_hash", "plot_ratios", "export_ratios"]
+
+log = logging.getLogger("partialnet")
+
+# Keys of the search config that do not change what is searched (where, how it is logged).
+_HASH_IGNORED = ("paths", "run_name", "ckpt_path", "logger", "callbacks", "tags", "stop_after_epoch", "hydra")
+
+
+@dataclass
+class FinalChoice:
+    choice: list[int]
+    ratios: list[float]
+    macs: int
+    argmax_macs: int
+    projection_used: bool
+    in_band: bool
+    changed_layers: list[int] = field(default_factory=list)
+
+
+def final_choice(
+    cost: CostTable,
+    specs: Sequence[LayerSpec],
+    logits: torch.Tensor,
+    valid: torch.Tensor,
+    target: float,
+    tol: float,
+    prefer: Sequence[int],
+) -> FinalChoice:
+    """Argmax per layer; the projection onto ``target * (1 +- tol)`` when the argmax misses."""
+    logits = logits.detach().float().cpu()
+    valid = valid.cpu()
+    arg = argmax_choice(logits, valid, prefer)
+    arg_macs = cost.macs_of(arg)
+    choice, used, in_band = arg, False, abs(arg_macs / target - 1.0) <= tol
+    if not in_band:
+        log_probs = F.log_softmax(masked_logits(logits, valid), dim=-1).numpy().astype(np.float64)
+        proj = project_to_band(cost, log_probs, target, tol)
+        choice, used, in_band = proj.choice, True, proj.in_band
+    ratios = [float(specs[l].candidates[c]) for l, c in enumerate(choice)]
+    return FinalChoice(
+        choice=list(choice), ratios=ratios, macs=cost.macs_of(choice), argmax_macs=arg_macs, projection_used=used,
+        in_band=in_band, changed_layers=[l for l, (a, b) in enumerate(zip(arg, choice)) if a != b],
+    )
+
+
+def non_default_kwargs(name: str, kwargs: dict) -> dict:
+    """The subset of ``kwargs`` that changes ``create_model(name)`` (compared by module structure)."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("ratios", "split_ratio") and v is not None}
+    if not kwargs:
+        return {}
+    torch_state = torch.random.get_rng_state()
+    try:
+        default = repr(create_model(name))
+        out = {}
+        for key, value in kwargs.items():
+            if repr(create_model(name, **{key: value})) != default:
+                out[key] = value
+    finally:
+        torch.random.set_rng_state(torch_state)
+    return {k: (bool(v) if isinstance(v, bool) or type(v).__name__ == "_AutoTrue" else v) for k, v in out.items()}
+
+
+def config_hash(resolved: dict) -> str:
+    """sha256 (first 16 hex digits) of the resolved search config, without where/how-it-is-logged keys."""
+    kept = {k: v for k, v in resolved.items() if k not in _HASH_IGNORED}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plot_ratios(
+    path: Path,
+    specs: Sequence[LayerSpec],
+    ratios: Sequence[float],
+    probs: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """Per-layer bar chart of the chosen split ratio (like the paper's Figure 7), plus the learned
+    probabilities as a heat map when given. Written with matplotlib's Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    n = len(ratios)
+    stages = [int(s.name.split(".")[1]) if s.name.startswith("stages.") else 0 for s in specs]
+    colors = plt.get_cmap("tab10")
+    rows = 2 if probs is not None else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(max(6.0, 0.45 * n + 2), 3.2 * rows), squeeze=False)
+    ax = axes[0, 0]
+    x = np.arange(n)
+    ax.bar(x, ratios, color=[colors(s % 10) for s in stages], edgecolor="black", linewidth=0.5)
+    for xi, r in zip(x, ratios):
+        ax.text(xi, r, f"{r:g}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{l}\n{s.kind}" for l, s in enumerate(specs)], fontsize=7)
+    ax.set_ylabel("conv split ratio r_p")
+    ax.set_xlabel("layer (network order)")
+    ax.set_ylim(0, max(ratios) * 1.45)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=colors(s % 10), edgecolor="black", label=f"stage {s + 1}") for s in sorted(set(stages))]
+    ax.legend(handles=handles, fontsize=7, loc="upper center", ncol=len(handles), frameon=False)
+    ax.set_title(title, fontsize=9)
+    if probs is not None:
+        ax2 = axes[1, 0]
+        cands = specs[0].candidates
+        im = ax2.imshow(np.asarray(probs).T, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax2.set_yticks(range(len(cands)))
+        ax2.set_yticklabels([f"{c:g}" for c in cands], fontsize=7)
+        ax2.set_xticks(x)
+        ax2.set_xticklabels([str(l) for l in range(n)], fontsize=7)
+        ax2.set_ylabel("candidate r")
+        ax2.set_xlabel("layer")
+        ax2.set_title("learned probabilities", fontsize=9)
+        fig.colorbar(im, ax=ax2, fraction=0.03)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def export_ratios(
+    out_dir: Path,
+    *,
+    model_name: str,
+    model_kwargs: dict,
+    specs: Sequence[LayerSpec],
+    cost: CostTable,
+    final: FinalChoice,
+    target: float,
+    cfg_hash: str | None,
+    probs: np.ndarray | None = None,
+) -> dict:
+    """Rebuild the static model, count it, write ``ratios.yaml`` and ``ratios.png``; returns a summary."""
+    out_dir = Path(out_dir)
+    static = create_model(model_name, ratios=final.ratios, **model_kwargs)
+    counted = count(static, cost.input_size)
+    if counted["macs"] != final.macs:  # the cost table is exact by construction (tested)
+        log.warning("counted MACs %d differ from the cost table's %d", counted["macs"], final.macs)
+    yaml_path = write_ratios_file(
+        out_dir / "ratios.yaml",
+        model=model_name,
+        ratios=final.ratios,
+        model_kwargs=model_kwargs,
+        input_size=list(cost.input_size),
+        params=counted["params"],
+        macs=counted["macs"],
+        target_macs=float(target),
+        config_hash=cfg_hash,
+    )
+    rel = counted["macs"] / target - 1.0
+    title = (f"{model_name} @ {cost.input_size[1]}x{cost.input_size[2]}: {counted['macs'] / 1e9:.4g} GMACs "
+             f"({rel * 100:+.1f} % of target {target / 1e9:.4g})" + (", projected" if final.projection_used else ""))
+    png_path = plot_ratios(out_dir / "ratios.png", specs, final.ratios, probs, title)
+    return {
+        "ratios_yaml": yaml_path,
+        "ratios_png": png_path,
+        "params": counted["params"],
+        "macs": counted["macs"],
+        "relative_error": rel,
+    }

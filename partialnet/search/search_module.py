@@ -1,0 +1,231 @@
+"""``SearchModule``: the LightningModule of the DPConv search (a :class:`ClassificationModule`).
+
+- The backbone is the supernet (``partialnet.search.supernet``); the architecture logits
+  ``arch_logits`` (L, K) live on this module, **outside** ``self.model``, so the weights'
+  optimiser (timm's factory on ``self.model``, weight decay as configured) never sees them.
+  They get their own Adam (no weight decay, ``search.arch_lr``).
+- Manual optimisation: one forward/backward per batch on ``CE + constraint``; the weights'
+  optimiser steps (and its per-step LR schedule), then -- after ``search.warmup_epochs`` -- the
+  architecture optimiser. The latter is stepped through the strategy (precision plugin
+  included) but not counted as a training step, so ``global_step`` stays "batches trained"
+  and the schedules/checkpoint cadence mean what they mean in ``train.py``.
+- Warm-up epochs train the weights with every layer fixed at the reference candidate
+  (r = 1/4, or the layer's middle candidate), or on uniformly sampled candidates
+  (``search.warmup_sampling=uniform``).
+- Search epochs sample a Gumbel-Softmax architecture per batch (hard straight-through by
+  default) at the temperature ``temperature_at(progress)``, a pure function of the step.
+- Validation (and ``forward``) always runs the argmax one-hot architecture (the warm-up one
+  during warm-up): the same masked operator as in training, exactly the static model.
+- Randomness: the parent re-seeds the global RNGs per (seed, epoch, rank), so Gumbel noise
+  replays exactly on resume; logits and both optimisers' states are in the checkpoint.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from partialnet.errors import UserError
+from partialnet.search.constraint import argmax_choice, flops_loss
+from partialnet.search.cost_model import CostTable
+from partialnet.search.gumbel import gumbel_softmax, masked_logits, temperature_at
+from partialnet.search.supernet import LayerSpec, arch_choice, masked_modules, onehot_weights
+from partialnet.training.classifier import ClassificationModule
+from partialnet.training.optim import build_optimizer, build_scheduler
+
+__all__ = ["SearchModule"]
+
+
+def _ratio_tag(r: float) -> str:
+    return f"{r:.4g}"
+
+
+class SearchModule(ClassificationModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        specs: list[LayerSpec],
+        cost: CostTable,
+        target_macs: float,
+        search: dict,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        **kwargs,
+    ):
+        if (kwargs.get("ema") or {}).get("decay") is not None:
+            raise UserError("EMA is not supported by the search (the supernet's weights are not the result); use ema=none")
+        super().__init__(model, **kwargs)
+        self.automatic_optimization = False
+        self.specs = list(specs)
+        self.cost = cost
+        self.target_macs = float(target_macs)
+        s = dict(search)
+        self.search_cfg = s
+        self.candidates = list(specs[0].candidates)
+        self.warmup_epochs = int(s.get("warmup_epochs", 0))
+        self.warmup_sampling = str(s.get("warmup_sampling", "fixed"))
+        self.hard = bool(s.get("hard", True))
+        self.loss_kind = str(s.get("loss", "squared"))
+        self.loss_weight = float(s.get("lambda", 20.0))
+        self.tau_start, self.tau_end = float(s.get("tau_start", 5.0)), float(s.get("tau_end", 0.1))
+        self.tau_schedule = str(s.get("tau_schedule", "exponential"))
+        self.arch_lr = float(s.get("arch_lr", 0.01))
+        self.arch_betas = tuple(float(b) for b in s.get("arch_betas", (0.9, 0.999)))
+        self.grad_clip_val = gradient_clip_val
+        self.grad_clip_algorithm = gradient_clip_algorithm
+
+        n_layers, n_cand = len(specs), len(self.candidates)
+        self.arch_logits = nn.Parameter(torch.zeros(n_layers, n_cand))
+        self.register_buffer("arch_valid", torch.tensor([sp.valid for sp in specs], dtype=torch.bool), persistent=False)
+        self.register_buffer("cost_table", cost.tensor(), persistent=False)
+        self.reference_choice = [sp.reference_index(cost.reference_ratio) for sp in specs]
+        self._masked = masked_modules(model, specs)  # plain list: not registered twice
+        self._step_counts: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ architecture
+    def probs(self) -> torch.Tensor:
+        return F.softmax(masked_logits(self.arch_logits, self.arch_valid), dim=-1)
+
+    def expected_macs(self) -> torch.Tensor:
+        return self.cost.expected(self.probs(), self.cost_table)
+
+    def is_searching(self) -> bool:
+        return self.current_epoch >= self.warmup_epochs
+
+    def eval_choice(self) -> list[int]:
+        """Argmax architecture (ties -> the reference candidate); the warm-up one during warm-up."""
+        if not self.is_searching():
+            return list(self.reference_choice)
+        return argmax_choice(self.arch_logits, self.arch_valid, self.reference_choice)
+
+    def _steps(self) -> tuple[int, int]:
+        """(total training steps, warm-up steps); computed once per fit."""
+        if self._step_counts is None:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            epochs = max(1, int(self.trainer.max_epochs or 1))
+            self._step_counts = (total, (total // epochs) * self.warmup_epochs)
+        return self._step_counts
+
+    def temperature(self) -> float:
+        total, warm = self._steps()
+        progress = (self.global_step - warm) / max(1, total - warm - 1)
+        return temperature_at(progress, self.tau_start, self.tau_end, self.tau_schedule)
+
+    def _sample(self, tau: float) -> tuple[torch.Tensor, list[int] | None]:
+        if self.is_searching():
+            w = gumbel_softmax(masked_logits(self.arch_logits, self.arch_valid), tau, hard=self.hard)
+        elif self.warmup_sampling == "uniform":
+            zeros = torch.zeros_like(self.arch_logits)
+            w = gumbel_softmax(masked_logits(zeros, self.arch_valid), 1.0, hard=True).detach()
+        else:
+            return onehot_weights(self.specs, self.reference_choice, self.arch_logits.device), list(self.reference_choice)
+        indices = w.detach().argmax(dim=-1).tolist() if (self.hard or not self.is_searching()) else None
+        return w, indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        choice = self.eval_choice()
+        with arch_choice(self._masked, onehot_weights(self.specs, choice, x.device), choice):
+            return self.model(x)
+
+    # ------------------------------------------------------------------ train
+    def training_step(self, batch, batch_idx):
+        opt_w, opt_a = self.optimizers()
+        sched = self.lr_schedulers()
+        x, y = batch
+        res = self.current_resolution()
+        if x.shape[-1] != res or x.shape[-2] != res:
+            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
+        x = self._prepare(x)
+        target = y
+        if self.mixup_fn is not None:
+            x, target = self.mixup_fn(x, y)
+
+        searching = self.is_searching()
+        tau = self.temperature()
+        weights, indices = self._sample(tau)
+        with arch_choice(self._masked, weights, indices):
+            logits = self._train_forward(x)
+        ce = self.train_loss_fn(logits, target)
+        expected = self.expected_macs()
+        constraint = flops_loss(expected, self.target_macs, self.loss_kind, self.loss_weight).to(ce.dtype)
+        # During warm-up the logits take no part (0 x keeps DDP's "every parameter used" happy).
+        loss = ce + (constraint if searching else 0.0 * constraint)
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
+                "lower optim.base_lr or search.arch_lr, or set trainer.gradient_clip_val=1.0"
+            )
+        opt_w.zero_grad(set_to_none=True)
+        opt_a.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.grad_clip_val:
+            self.clip_gradients(opt_w, gradient_clip_val=float(self.grad_clip_val),
+                                gradient_clip_algorithm=str(self.grad_clip_algorithm))
+        opt_w.step()
+        if searching:
+            # Through the strategy (AMP unscale etc.) but not LightningOptimizer.step: no extra global_step.
+            self.trainer.strategy.optimizer_step(opt_a.optimizer, closure=lambda: None)
+        sched.step()
+
+        now = time.perf_counter()
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/ce", ce, on_step=True, on_epoch=True, batch_size=bs)
+        if self._step_t0 is not None:
+            ips = bs * self.trainer.world_size / max(now - self._step_t0, 1e-9)
+            self.log("train/images_per_s", ips, on_step=True, on_epoch=False, batch_size=bs)
+        self._step_t0 = now
+        self.log("train/resolution", float(res), on_step=False, on_epoch=True, batch_size=bs)
+        self.log("search/tau", tau, on_step=True, on_epoch=False, batch_size=bs)
+        self.log("search/expected_gmacs", expected.detach().float() / 1e9, on_step=True, on_epoch=True,
+                 prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("search/constraint_loss", constraint.detach(), on_step=True, on_epoch=True, batch_size=bs,
+                 sync_dist=True)
+        self.log("search/active", float(searching), on_step=True, on_epoch=False, batch_size=bs)
+        self._log_arch(on_step=True, batch_size=bs)
+        return loss
+
+    def _log_arch(self, on_step: bool, batch_size: int | None = None) -> None:
+        """Per-layer probabilities and argmax ratio, argmax GMACs (logged at the loggers' cadence)."""
+        probs = self.probs().detach().float().cpu()
+        choice = self.eval_choice()
+        # identical on every rank (DDP syncs the logits' gradients); sync_dist only silences Lightning
+        kw = dict(on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+        for l, spec in enumerate(self.specs):
+            for c, r in enumerate(self.candidates):
+                if spec.ks[c] is not None:
+                    self.log(f"arch/l{l:02d}_p{_ratio_tag(r)}", float(probs[l, c]), **kw)
+            self.log(f"arch/l{l:02d}_ratio", float(self.candidates[choice[l]]), **kw)
+        self.log("search/argmax_gmacs", self.cost.macs_of(choice) / 1e9, **kw)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self._log_arch(on_step=False)
+
+    # ------------------------------------------------------------------ val
+    def validation_step(self, batch, batch_idx):
+        choice = self.eval_choice()
+        with arch_choice(self._masked, onehot_weights(self.specs, choice, self.arch_logits.device), choice):
+            return super().validation_step(batch, batch_idx)
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        opt_w = build_optimizer(self.model, self.optim_cfg, self.lr)
+        opt_a = torch.optim.Adam([self.arch_logits], lr=self.arch_lr, betas=self.arch_betas, weight_decay=0.0)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        steps_per_epoch = max(1, total // epochs)
+        scheduler = build_scheduler(opt_w, self.sched_cfg, self.lr, total, steps_per_epoch)
+        return [opt_w, opt_a], [{"scheduler": scheduler, "interval": "step"}]
+
+    # ------------------------------------------------------------------ ckpt
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["partialnet"]["search"] = {
+            "supernet": True,
+            "candidates": self.candidates,
+            "layers": [dict(name=s.name, kind=s.kind, dim=s.dim, ks=s.ks) for s in self.specs],
+            "target_macs": self.target_macs,
+        }
