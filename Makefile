@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_FLAGS ?=
+# One OpenMP thread per test process: tests are many small ops, and spinning OpenMP threads on
+# busy cores are 10x slower. (Benchmarks use the machine's threads.)
+TEST_ENV := OMP_NUM_THREADS=1
 
 .PHONY: help install apt venv ffcv test test-all demo bench lint clean wandb-sync
 
@@ -32,10 +35,10 @@ ffcv: venv ## FFCV and its build dependencies (Debian: pkg-config, libopencv-dev
 	bash scripts/install_ffcv.sh $(PY)
 
 test: ## fast test tier (CPU, no slow tests)
-	$(PY) -m pytest -m "not slow" -q $(PYTEST_FLAGS)
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q $(PYTEST_FLAGS)
 
 test-all: ## every test, slow ones included
-	$(PY) -m pytest -q $(PYTEST_FLAGS)
+	$(TEST_ENV) $(PY) -m pytest -q $(PYTEST_FLAGS)
 
 demo: ## train on the embedded default data (Fashion-MNIST), then evaluate the checkpoint
 	$(PY) train.py hydra.run.dir=outputs/demo/$$(date +%Y%m%d_%H%M%S)_$$$$ \

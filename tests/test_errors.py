@@ -148,3 +148,14 @@ def test_wandb_online_without_network_falls_back(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "falls back" in proc.stderr or "offline instead" in proc.stderr
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_ratios_file_searched_with_other_constructor_arguments(tmp_path):
+    f = tmp_path / "ratios.yaml"
+    f.write_text("model: partialnet_t0\nmodel_kwargs: {num_classes: 10}\nratios: [" + ", ".join(["0.25"] * 13) + "]\n")
+    # searched with the default (ImageNet) stem; this 32x32 run would build the small-input stem
+    proc = run_cli("train.py", FAST_TRAIN + [f"model.ratios={f}", f"paths.log_dir={tmp_path}/o"])
+    assert_user_error(proc, "small_input=False", "model.small_input=false")
+    ok = run_cli("train.py", FAST_TRAIN + [f"model.ratios={f}", "model.small_input=false", "trainer.limit_train_batches=1",
+                                           "trainer.limit_val_batches=1", f"paths.log_dir={tmp_path}/o2"])
+    assert ok.returncode == 0, ok.stderr[-3000:]

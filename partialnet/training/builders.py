@@ -116,6 +116,38 @@ class _AutoTrue:
 AUTO_SMALL_INPUT = _AutoTrue()
 
 
+# Constructor defaults that a ratios file's `model_kwargs` leaves out (it lists only non-defaults).
+_RATIOS_KWARG_DEFAULTS = {"small_input": False}
+
+
+def check_ratios_file_fits(name: str, kwargs: dict) -> None:
+    """A ratios.yaml must be retrained with the constructor arguments it was searched with."""
+    path = kwargs.get("ratios")
+    if not isinstance(path, str):
+        return
+    from partialnet.models.ratios_file import read_ratios_file
+
+    spec = read_ratios_file(path)
+    searched = dict(spec.get("model_kwargs") or {})
+    searched.pop("num_classes", None)  # the data decides the classes
+    for key, default in _RATIOS_KWARG_DEFAULTS.items():
+        searched.setdefault(key, default)
+    for key, want in searched.items():
+        if key in kwargs:
+            have = True if kwargs[key] is AUTO_SMALL_INPUT else kwargs[key]
+        elif key in _RATIOS_KWARG_DEFAULTS:
+            have = _RATIOS_KWARG_DEFAULTS[key]
+        else:
+            have = "its default"
+        if have != want:
+            fix = str(want).lower() if isinstance(want, bool) else want
+            where = f"model.{key}" if key in ("small_input", "pat_sp", "drop_path_rate", "split_ratio") else f"+model.kwargs.{key}"
+            raise UserError(
+                f"ratios file {path} was searched with {key}={want!r} but this run builds {name} with "
+                f"{key}={have!r}; set {where}={fix} (or search again for this setting)"
+            )
+
+
 def build_model(name: str, kwargs: dict) -> torch.nn.Module:
     """``create_model`` with config-friendly errors; resolves an automatic small_input."""
     if kwargs.get("small_input") is AUTO_SMALL_INPUT:

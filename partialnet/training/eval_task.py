@@ -29,6 +29,11 @@ from partialnet.training.checkpoint_io import load_checkpoint_file
 def model_from_checkpoint(ckpt: dict, path, weights: str = "auto") -> tuple[torch.nn.Module, dict, str]:
     """Rebuild the bare model saved by train.py and load its (EMA or raw) weights."""
     meta = ckpt.get("partialnet")
+    if meta and meta.get("search") is not None:
+        raise UserError(
+            f"{path} is a DPConv search (supernet) checkpoint: retrain the searched model with "
+            "train.py model.ratios=<its run dir>/ratios.yaml, then evaluate that checkpoint"
+        )
     if not meta or "model_spec" not in meta:
         raise UserError(f"{path} was not written by partialnet's train.py (no model spec inside)")
     spec = meta["model_spec"]

@@ -51,7 +51,8 @@ def train(cfg: DictConfig) -> dict:
         )
     num_classes = int(dm.num_classes)
     model_kwargs = builders.model_kwargs_from_cfg(cfg.model, num_classes, image_size)
-    model = builders.build_model(str(cfg.model.name), model_kwargs)
+    model = builders.build_model(str(cfg.model.name), model_kwargs)  # checks the file's model and layers
+    builders.check_ratios_file_fits(str(cfg.model.name), model_kwargs)  # ... and its constructor arguments
     spec = {"name": str(cfg.model.name), "kwargs": {k: (bool(v) if k == "small_input" else v) for k, v in model_kwargs.items()}}
 
     resolved = OmegaConf.to_container(cfg, resolve=True)

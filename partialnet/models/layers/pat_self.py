@@ -51,6 +51,7 @@ class PATSelf(PartialSplit):
     ):
         super().__init__(dim, ratio)
         c_p, c_u = self.dim_conv, self.dim_untouched
+        self.num_heads_requested = num_heads
         self.num_heads = heads_for(c_u, num_heads)
         self.head_dim = c_u // self.num_heads
         self.scale = self.head_dim**-0.5
