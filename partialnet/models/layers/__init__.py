@@ -3,6 +3,8 @@ from partialnet.models.layers.pat import PATChannel, PATSpatial, StatsBatchNorm2
 from partialnet.models.layers.pat_self import PATSelf, heads_for
 from partialnet.models.layers.pconv import PartialConv, PartialSplit, conv_channels
 from partialnet.models.layers.rpe import EuclideanRPE, euclidean_bucket_index
+from partialnet.models.layers.acmix import ACmix
+from partialnet.models.layers.scconv import SCConv
 
 __all__ = [
     "PartialSplit",
@@ -10,6 +12,8 @@ __all__ = [
     "PATChannel",
     "PATSpatial",
     "PATSelf",
+    "SCConv",
+    "ACmix",
     "StatsBatchNorm2d",
     "EuclideanRPE",
     "conv_channels",
