@@ -58,6 +58,14 @@ def test_recipe_values_match_the_paper_table():
     assert m.model.drop_path_rate == 0.2 and m.aug.auto_augment == "rand-m7-mstd0.5-inc1"
 
 
+def test_default_job_is_the_demo():
+    cfg = _compose("train", [])
+    assert cfg.data._target_.endswith("FashionMNISTDataModule") and cfg.model.name == "partialnet_t0"
+    assert cfg.trainer.max_epochs == 6 and cfg.model.small_input is False
+    cfg = _compose("train", ["experiment=partialnet_t0"])  # another experiment replaces the demo's values
+    assert cfg.trainer.max_epochs == 300 and cfg.model.small_input is None
+
+
 def test_eval_config_composes():
     cfg = _compose("eval", ["ckpt=x.ckpt"])
     assert cfg.ckpt == "x.ckpt" and cfg.get("data") is None

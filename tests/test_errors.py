@@ -154,7 +154,7 @@ def test_ratios_file_searched_with_other_constructor_arguments(tmp_path):
     f = tmp_path / "ratios.yaml"
     f.write_text("model: partialnet_t0\nmodel_kwargs: {num_classes: 10}\nratios: [" + ", ".join(["0.25"] * 13) + "]\n")
     # searched with the default (ImageNet) stem; this 32x32 run would build the small-input stem
-    proc = run_cli("train.py", FAST_TRAIN + [f"model.ratios={f}", f"paths.log_dir={tmp_path}/o"])
+    proc = run_cli("train.py", FAST_TRAIN + [f"model.ratios={f}", "model.small_input=true", f"paths.log_dir={tmp_path}/o"])
     assert_user_error(proc, "small_input=False", "model.small_input=false")
     ok = run_cli("train.py", FAST_TRAIN + [f"model.ratios={f}", "model.small_input=false", "trainer.limit_train_batches=1",
                                            "trainer.limit_val_batches=1", f"paths.log_dir={tmp_path}/o2"])
