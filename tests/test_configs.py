@@ -89,3 +89,15 @@ def test_run_dirs_are_unique_and_named_runs_are_stable(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
     assert rundir.run_name(None) == "torchrun-abc"
+
+
+@pytest.mark.parametrize("data", _options("data"))
+def test_the_default_experiment_fits_every_data_option(data):
+    """experiment=demo is applied by default: it must not add keys a data module does not take."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    cfg = _compose("train", [f"data={data}"])
+    params = inspect.signature(get_class(cfg.data._target_).__init__).parameters
+    assert set(cfg.data) - {"_target_"} <= set(params), set(cfg.data) - set(params)

@@ -159,3 +159,14 @@ def test_ratios_file_searched_with_other_constructor_arguments(tmp_path):
     ok = run_cli("train.py", FAST_TRAIN + [f"model.ratios={f}", "model.small_input=false", "trainer.limit_train_batches=1",
                                            "trainer.limit_val_batches=1", f"paths.log_dir={tmp_path}/o2"])
     assert ok.returncode == 0, ok.stderr[-3000:]
+
+
+def test_truncated_beton(tmp_path):
+    pytest.importorskip("ffcv")
+    bad = tmp_path / "train.beton"
+    bad.write_bytes(b"\x00" * 4096)
+    before = bad.read_bytes()
+    proc = run_cli("train.py", NO_DATA + ["data=cifar10_ffcv", f"data.train_beton={bad}", f"data.val_beton={bad}",
+                                          "data.batch_size=32", "data.num_workers=1", f"paths.log_dir={tmp_path}/o"])
+    assert_user_error(proc, str(bad))
+    assert bad.read_bytes() == before
