@@ -317,11 +317,11 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         state = {"train_generator": self._train_generator.get_state(), "seed": self.seed}
         trainer = self.trainer
-        if trainer is not None:  # where in the epoch this checkpoint was taken
-            loop = trainer.fit_loop
-            # batches *processed* (optimizer stepped) in the current epoch; a checkpoint taken in
-            # on_train_batch_end has not counted the batch as "completed" yet.
-            state["position"] = (int(trainer.current_epoch),
+        loop = getattr(trainer, "fit_loop", None)
+        if loop is not None and loop.epoch_progress.current.started > loop.epoch_progress.current.processed:
+            # A checkpoint inside an epoch: the batches *processed* (optimizer stepped) so far. (A
+            # checkpoint taken in on_train_batch_end has not counted its batch as "completed".)
+            state["position"] = (int(loop.epoch_progress.current.started) - 1,
                                  int(loop.epoch_loop.batch_progress.current.processed))
         return state
 
