@@ -50,8 +50,8 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     assert abs(l1 - l2) < 1e-3 and abs(a1 - a2) <= 100 / 64 + 1e-6, ((l1, a1), (l2, a2))
     w1 = torch.load(tmp_path / "train/runs/single/checkpoints/last.ckpt", weights_only=False)["state_dict"]
     w2 = torch.load(ddp_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    for k in w1:
-        if w1[k].is_floating_point():
+    for k in w1:  # parameters; BN running stats come from per-rank half batches (no sync-BN on CPU)
+        if w1[k].is_floating_point() and not k.endswith(("running_mean", "running_var")):
             assert torch.allclose(w1[k], w2[k], atol=5e-3), (k, (w1[k] - w2[k]).abs().max())
 
 
