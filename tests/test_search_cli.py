@@ -30,6 +30,7 @@ FAST_SEARCH = [
     "data.val_size=64",
     "data.batch_size=32",
     "model=partialnet_t0",
+    "model.small_input=true",
     "logger=csv",
     "trainer.accelerator=cpu",
     "trainer.max_epochs=2",
@@ -69,7 +70,8 @@ def test_search_then_retrain_meets_two_targets(tmp_path):
     assert _ratio_file(runs[0])["config_hash"] != _ratio_file(runs[1])["config_hash"]
 
     sweep = ",".join(f"'{f}'" for f in files)
-    proc = run_cli("train.py", ["-m", *FAST_TRAIN, f"model.ratios={sweep}", f"paths.log_dir={tmp_path}"])
+    proc = run_cli("train.py", ["-m", *FAST_TRAIN, "model.small_input=true", f"model.ratios={sweep}",
+                                f"paths.log_dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = sorted(p.parent.parent for p in tmp_path.glob("train/multiruns/*/*/checkpoints/last.ckpt"))
     assert len(trained) == 2

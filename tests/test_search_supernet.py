@@ -96,13 +96,13 @@ def test_one_hot_supernet_equals_static_model(key):
             with torch.no_grad(), arch_choice(mods, onehot_weights(specs, choice), choice):
                 y_sup = sup(x)
             y_static = static(x)
-            assert _rel(y_sup, y_static) < 1e-5, (choice, train)
+            assert _rel(y_sup, y_static) < 1e-4, (choice, train)  # fp32 rounding; a wrong operator is O(1)
             if train:
                 # running statistics: the active channels got exactly the static update ...
                 after = extract_static(sup, specs, choice).state_dict()
                 for k, v in static.state_dict().items():
                     if v.is_floating_point():
-                        assert _rel(after[k], v) < 1e-5, (k, choice)
+                        assert _rel(after[k], v) < 1e-4, (k, choice)  # fp32 rounding
                     else:
                         assert torch.equal(after[k], v), (k, choice)
                 # ... and inactive channels kept theirs

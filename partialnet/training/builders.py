@@ -94,26 +94,11 @@ def model_kwargs_from_cfg(model_cfg, num_classes: int, image_size: int) -> dict:
         val = model_cfg.get(key)
         if val is not None:
             kwargs[key] = OmegaConf.to_object(val) if OmegaConf.is_config(val) else val
-    if model_cfg.get("small_input") is None and image_size <= 64:
-        kwargs["small_input"] = AUTO_SMALL_INPUT  # auto: 32x32-style data gets the small stem
     extra = model_cfg.get("kwargs") or {}
     kwargs.update(OmegaConf.to_container(extra, resolve=True) if OmegaConf.is_config(extra) else dict(extra))
     if isinstance(kwargs.get("ratios"), str):
         kwargs["ratios"] = str(Path(kwargs["ratios"]).expanduser())
     return kwargs
-
-
-class _AutoTrue:
-    """Marker for a small_input=True chosen automatically (dropped for models without the option)."""
-
-    def __bool__(self) -> bool:
-        return True
-
-    def __repr__(self) -> str:
-        return "True"
-
-
-AUTO_SMALL_INPUT = _AutoTrue()
 
 
 # Constructor defaults that a ratios file's `model_kwargs` leaves out (it lists only non-defaults).
@@ -134,7 +119,7 @@ def check_ratios_file_fits(name: str, kwargs: dict) -> None:
         searched.setdefault(key, default)
     for key, want in searched.items():
         if key in kwargs:
-            have = True if kwargs[key] is AUTO_SMALL_INPUT else kwargs[key]
+            have = kwargs[key]
         elif key in _RATIOS_KWARG_DEFAULTS:
             have = _RATIOS_KWARG_DEFAULTS[key]
         else:
@@ -149,15 +134,7 @@ def check_ratios_file_fits(name: str, kwargs: dict) -> None:
 
 
 def build_model(name: str, kwargs: dict) -> torch.nn.Module:
-    """``create_model`` with config-friendly errors; resolves an automatic small_input."""
-    if kwargs.get("small_input") is AUTO_SMALL_INPUT:
-        kwargs["small_input"] = True
-        try:
-            return create_model(name, **kwargs)
-        except TypeError as e:
-            if "small_input" not in str(e):
-                raise
-            kwargs.pop("small_input")
+    """``create_model`` with config-friendly errors."""
     try:
         return create_model(name, **kwargs)
     except UserError:

@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> dict:
     model_kwargs = builders.model_kwargs_from_cfg(cfg.model, num_classes, image_size)
     model = builders.build_model(str(cfg.model.name), model_kwargs)  # checks the file's model and layers
     builders.check_ratios_file_fits(str(cfg.model.name), model_kwargs)  # ... and its constructor arguments
-    spec = {"name": str(cfg.model.name), "kwargs": {k: (bool(v) if k == "small_input" else v) for k, v in model_kwargs.items()}}
+    spec = {"name": str(cfg.model.name), "kwargs": dict(model_kwargs)}
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module = ClassificationModule(
