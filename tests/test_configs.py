@@ -101,3 +101,10 @@ def test_the_default_experiment_fits_every_data_option(data):
     cfg = _compose("train", [f"data={data}"])
     params = inspect.signature(get_class(cfg.data._target_).__init__).parameters
     assert set(cfg.data) - {"_target_"} <= set(params), set(cfg.data) - set(params)
+
+
+def test_slurm_launcher_composes_with_one_task_per_gpu():
+    cfg = _compose("train", ["hydra/launcher=submitit_slurm", "trainer=ddp_multinode", "trainer.devices=4"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.nodes == 2
