@@ -36,3 +36,12 @@ def test_online_without_credentials_falls_back_to_offline(tmp_path, monkeypatch)
         loggers = build_loggers({"wandb": {"mode": "online"}}, Path(tmp_path), {})
     wb = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"][0]
     assert wb._wandb_init["mode"] == "offline"
+
+
+def test_tensorboard_logger_writes_events(tmp_path):
+    args = [a for a in FAST_TRAIN if not a.startswith("logger=")] + [
+        "logger=tensorboard", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path}"]
+    proc = run_cli("train.py", args + ["trainer.max_epochs=1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (tmp_path / "metrics.csv").is_file()
