@@ -45,3 +45,18 @@ def test_tensorboard_logger_writes_events(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     assert (tmp_path / "metrics.csv").is_file()
+
+
+def test_multirun_gives_one_wandb_run_per_job(tmp_path):
+    args = ["-m"] + [a for a in FAST_TRAIN if not a.startswith("logger=")] + [
+        "logger=default", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+        "model.split_ratio=0.5,0.25", f"paths.log_dir={tmp_path}"]
+    proc = run_cli("train.py", args, env={"WANDB_API_KEY": None, "WANDB_MODE": None})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.glob("train/multiruns/*/*") if p.is_dir())
+    assert [j.name for j in jobs] == ["0", "1"]
+    ids = [(j / "wandb_id").read_text().strip() for j in jobs]
+    assert len(set(ids)) == 2
+    for job, rid in zip(jobs, ids):
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and runs[0].name.endswith(rid)  # no cross-talk between jobs
