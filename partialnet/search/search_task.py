@@ -152,16 +152,9 @@ def search(cfg: DictConfig) -> dict:
         print(f"resuming from {ckpt_path}", flush=True)
     result: dict = {}
     try:
-        try:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-        except RuntimeError as e:
-            if ckpt_path and ("state_dict" in str(e) or "size mismatch" in str(e)):
-                raise UserError(
-                    f"checkpoint {ckpt_path} does not fit this search (another model or other candidates?); "
-                    "use a new run_name or ckpt_path=null"
-                ) from None
-            raise
-        result = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        builders.fit(trainer, module, dm, ckpt_path,
+                     "this search (another model or other candidates?); use a new run_name or ckpt_path=null")
+        result = builders.scalar_metrics(trainer)
         finished = trainer.current_epoch >= max_epochs and not trainer.interrupted
         if trainer.is_global_zero and finished:
             result.update(_export(resolved, run_dir, module, specs, cost, target, tol, model_name, model_kwargs, loggers))

@@ -208,3 +208,18 @@ def resolve_ckpt_path(ckpt_path, run_dir: Path) -> str | None:
 
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0
+
+
+def fit(trainer, module, datamodule, ckpt_path: str | None, mismatch_hint: str) -> None:
+    """``trainer.fit`` where a checkpoint that does not fit the module is a one-line UserError."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except RuntimeError as e:
+        if ckpt_path and ("state_dict" in str(e) or "size mismatch" in str(e)):
+            raise UserError(f"checkpoint {ckpt_path} does not fit {mismatch_hint}") from None
+        raise
+
+
+def scalar_metrics(trainer) -> dict[str, float]:
+    """The trainer's last logged scalar metrics as floats."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}

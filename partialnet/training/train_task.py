@@ -94,19 +94,12 @@ def train(cfg: DictConfig) -> dict:
              run_dir, cfg.model.name, num_classes, int(cfg.data.batch_size),
              int(cfg.data.batch_size) // trainer.world_size, module.lr)
     try:
-        try:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-        except RuntimeError as e:
-            if ckpt_path and ("state_dict" in str(e) or "size mismatch" in str(e)):
-                raise UserError(
-                    f"checkpoint {ckpt_path} does not fit model {cfg.model.name!r} (another architecture?); "
-                    "use a checkpoint of this model or ckpt_path=null"
-                ) from None
-            raise
+        builders.fit(trainer, module, dm, ckpt_path,
+                     f"model {cfg.model.name!r} (another architecture?); use a checkpoint of this model or ckpt_path=null")
     finally:
         _finish_wandb(loggers)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    metrics = builders.scalar_metrics(trainer)
     best = next((c for c in callbacks if type(c).__name__ == "ModelCheckpoint" and c.monitor), None)
     if trainer.is_global_zero:
         if "val/acc1" in metrics:
