@@ -25,15 +25,6 @@ FAST_SIZES = ("t0", "t1", "t2", "s")
 SLOW_SIZES = ("m", "l")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one torch thread is as fast, and far faster when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN stats/affines, LN affines, RPE tables and Linear biases (in place)."""
     g = torch.Generator().manual_seed(seed)

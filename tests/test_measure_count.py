@@ -11,15 +11,6 @@ from partialnet.measure import count, format_counts
 from partialnet.models.layers import PATSelf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # (params M, GMACs) at 224x224. PartialNet: design §3.1; PATNet: paper_facts §1.3 (fvcore on the
 # authors' code at FasterNet's sizes); FasterNet: the paper (Tab. 3).
 TARGETS = {

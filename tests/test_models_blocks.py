@@ -19,15 +19,6 @@ from partialnet.models.layers import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 WIDTHS = [4, 5, 40, 48, 96, 144, 160]
 SIZES = [(1, 1), (7, 7), (13, 9)]
 BLOCKS = {

@@ -13,15 +13,6 @@ from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PATSpatia
 from partialnet.models.ratios_file import read_ratios_file, write_ratios_file
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SIZES = ["t0", "t1", "t2", "s", "m", "l"]
 FAMILIES = ["partialnet", "patnet", "fasternet"]
 ALL = [f"{f}_{s}" for f in FAMILIES for s in SIZES]

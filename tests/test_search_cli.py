@@ -4,22 +4,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
 import partialnet
 from conftest import FAST_TRAIN, run_cli
 from partialnet.measure import count
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread (multi-threaded BLAS/OpenMP spin-waits on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # The brief's tiny search: PartialNet-T0 (small-input stem) on 32x32 synthetic data.

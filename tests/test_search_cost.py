@@ -18,15 +18,6 @@ from partialnet.search.gumbel import masked_logits
 from partialnet.search.supernet import layer_specs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread (multi-threaded BLAS/OpenMP spin-waits on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CASES = [
     ("partialnet_t0", dict(num_classes=10, small_input=True), 32),
     ("patnet_t0", dict(embed_dim=24, depths=(1, 1, 2, 2), num_classes=10), 64),  # width 24, 2x2 attention map

@@ -1,7 +1,6 @@
 """ratios.yaml / ratios.png export and the round trip back into a static model."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 import partialnet
@@ -10,15 +9,6 @@ from partialnet.models.ratios_file import RATIOS_FILE_KEYS, read_ratios_file
 from partialnet.search.cost_model import build_cost_table
 from partialnet.search.export import config_hash, export_ratios, final_choice, non_default_kwargs
 from partialnet.search.supernet import layer_specs
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread (multi-threaded BLAS/OpenMP spin-waits on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 NAME, KW, SIZE = "partialnet_t0", dict(num_classes=10, small_input=True), 32

@@ -10,15 +10,6 @@ from partialnet.errors import UserError
 from partialnet.search.gumbel import gumbel_softmax, masked_logits, temperature_at
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread (multi-threaded BLAS/OpenMP spin-waits on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_hard_sample_frequencies_match_softmax_probs():
     torch.manual_seed(0)
     logits = torch.tensor([1.0, 0.0, -1.0, 0.5])

@@ -21,15 +21,6 @@ from partialnet.search.supernet import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread (multi-threaded BLAS/OpenMP spin-waits on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # Small, non-power-of-two widths: PAT_ch + PAT_sf (PartialNet / PATNet) and PConv (FasterNet).
 MODELS = {
     "partialnet": ("partialnet_t0", dict(embed_dim=24, depths=(1, 1, 2, 1), num_classes=7, small_input=True)),

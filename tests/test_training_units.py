@@ -83,10 +83,11 @@ def test_module_resizes_batches_by_epoch():
 
     mod = ClassificationModule(Probe(), 4, {"name": "adamw", "base_lr": 1e-3, "ref_batch_size": 1024},
                                {"name": "constant"}, image_size=32, multiscale=[[0, 16], [2, 32]])
-    batch = (torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
     for epoch, want in ((0, 16), (1, 16), (2, 32)):
         type(mod).current_epoch = property(lambda self, e=epoch: e)
         assert mod.current_resolution() == want
+        x, target = mod.prepare_train_batch((torch.randn(2, 3, 32, 32), torch.tensor([0, 1])))
+        assert x.shape[-2:] == (want, want) and target.tolist() == [0, 1]
     del type(mod).current_epoch
 
 

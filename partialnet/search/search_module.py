@@ -133,14 +133,8 @@ class SearchModule(ClassificationModule):
     def training_step(self, batch, batch_idx):
         opt_w, opt_a = self.optimizers()
         sched = self.lr_schedulers()
-        x, y = batch
-        res = self.current_resolution()
-        if x.shape[-1] != res or x.shape[-2] != res:
-            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
-        x = self._prepare(x)
-        target = y
-        if self.mixup_fn is not None:
-            x, target = self.mixup_fn(x, y)
+        x, target = self.prepare_train_batch(batch)
+        res = x.shape[-1]
 
         searching = self.is_searching()
         tau = self.temperature()

@@ -187,15 +187,20 @@ class ClassificationModule(pl.LightningModule):
         if self._epoch_t0 is None:
             self._epoch_t0 = time.perf_counter()
 
-    def training_step(self, batch, batch_idx):
+    def prepare_train_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resize to this epoch's resolution, set the memory format, mix: ``(x, target)``."""
         x, y = batch
         res = self.current_resolution()
         if x.shape[-1] != res or x.shape[-2] != res:
             x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
         x = self._prepare(x)
-        target = y
         if self.mixup_fn is not None:
-            x, target = self.mixup_fn(x, y)
+            return self.mixup_fn(x, y)
+        return x, y
+
+    def training_step(self, batch, batch_idx):
+        x, target = self.prepare_train_batch(batch)
+        res = x.shape[-1]
         logits = self._train_forward(x)
         loss = self.train_loss_fn(logits, target)
         if not torch.isfinite(loss):
