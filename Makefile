@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_FLAGS ?=
+# Two pytest workers (pytest-xdist): each test runs on one thread, so two cores run two tests at
+# once. `make test XDIST=` runs them one after another (easier to read a failure).
+XDIST ?= -n 2
 # One OpenMP thread per test process: tests are many small ops, and spinning OpenMP threads on
 # busy cores are 10x slower. (Benchmarks use the machine's threads.)
 TEST_ENV := OMP_NUM_THREADS=1
@@ -34,11 +37,11 @@ venv: ## create .venv and install the package with pinned dependencies
 ffcv: venv ## FFCV and its build dependencies (Debian: pkg-config, libopencv-dev, libturbojpeg0-dev)
 	bash scripts/install_ffcv.sh $(PY)
 
-test: ## fast test tier (CPU, no slow tests)
-	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q $(PYTEST_FLAGS)
+test: ## fast test tier (CPU, no slow tests, two workers)
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q $(XDIST) $(PYTEST_FLAGS)
 
-test-all: ## every test, slow ones included
-	$(TEST_ENV) $(PY) -m pytest -q $(PYTEST_FLAGS)
+test-all: ## every test, slow ones included (two workers)
+	$(TEST_ENV) $(PY) -m pytest -q $(XDIST) $(PYTEST_FLAGS)
 
 demo: ## train on the embedded default data (Fashion-MNIST), then evaluate the checkpoint
 	$(PY) train.py hydra.run.dir=outputs/demo/$$(date +%Y%m%d_%H%M%S)_$$$$ \

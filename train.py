@@ -5,6 +5,8 @@ Examples:
   python train.py experiment=partialnet_t0 data.root=/data/imagenet trainer.devices=8
   python train.py -m model.split_ratio=0.5,0.25,0.125
   python train.py model=partialnet_t0 model.ratios=outputs/search/.../ratios.yaml
+  python train.py data=cifar10 model.init_from=outputs/train/runs/<run>/checkpoints/last.ckpt   # fine-tune
+  python train.py -m hparams_search=optuna hydra.sweeper.n_trials=20                          # Bayesian sweep
 """
 import hydra
 from omegaconf import DictConfig

@@ -153,7 +153,9 @@ def measure_model(name: str, args) -> list[dict]:
 
 
 def op_kind(name: str, shapes) -> str:
-    if name in ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d"):
+    # (batch 1 on one thread: PyTorch runs small convs on its own im2col kernel, _slow_conv2d_forward)
+    if name in ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d",
+                "aten::_slow_conv2d_forward", "aten::thnn_conv2d"):
         try:
             w = shapes[1]
             k = (w[2], w[3])

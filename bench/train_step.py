@@ -1,54 +1,222 @@
-"""Training throughput: images/s of forward + backward + AdamW step at 224, batch 32, CPU.
+"""Training step (forward + backward + AdamW) at 224 px, batch 32, CPU: before/after in one run.
 
-Median and min-max over >= 5 timed steps after warm-up, for PartialNet T0/T1 and FasterNet
-T0/T1 (override with --models). Prints a Markdown table of what it measured.
+"before" is the training step as it was: NCHW tensors and the PAT_ch statistics written as plain
+autograd ops (:class:`ReferencePATChannel` below keeps that implementation reachable).
+"after" is the step with the current layers: the shared ``srm_statistics`` (one fused
+backward), the SRM (1, 2) conv as one matrix product, dense gradients into the halves of each
+split (:func:`partialnet.models.layers.dense_grad.dense_grad`), with the model and the batch in
+channels_last; "after_nchw" is the same layers on NCHW tensors, to separate the two effects.
+``--compile`` adds an "after + torch.compile" row (inductor on CPU; its compile time is printed).
+
+Steps of the variants are interleaved (before, after, before, ...) so that load from other
+processes hits all of them alike. Printed per variant: median wall time and median process CPU
+time of a step (on a shared machine the CPU time is the steadier of the two), images/s, the bytes
+autograd saves for backward in one forward of the whole model (the activation memory of the
+step, exact), and the peak RSS of a fresh process that runs two steps of that variant (includes
+the allocator's retained memory; varies by some tens of MiB from run to run). Then the activation memory
+of each block type: the bytes autograd saves for backward in one forward of the block.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 import partialnet
+from partialnet.models.layers import PartialConv, PATChannel, PATSelf
+
+VARIANTS = ("before", "after_nchw", "after", "after_compile")
 
 
-def time_train_steps(model: torch.nn.Module, batch: int, size: int, warmup: int, runs: int) -> list[float]:
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, 1000, (batch,))
-    times = []
-    for i in range(warmup + runs):
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
+class ReferencePATChannel(PATChannel):
+    """PAT_ch with the statistics and the SRM conv as they were written before (plain autograd)."""
+
+    def channel_gate(self, x_u: torch.Tensor) -> torch.Tensor:
+        flat = x_u.flatten(2)
+        mean = flat.mean(dim=-1, keepdim=True)
+        n = flat.shape[-1]
+        if n > 1:
+            d = flat - mean
+            var = (d * d).sum(dim=-1) / (n - 1)
+        else:
+            var = torch.zeros_like(mean.squeeze(-1))
+        std = (var + self.std_eps).sqrt()
+        stats = torch.stack((mean.squeeze(-1), std), dim=-1).unsqueeze(2)  # (B, C_u, 1, 2)
+        return self.srm_gate(self.srm_norm(self.srm_conv(stats)))
+
+
+def build(name: str, variant: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = partialnet.create_model(name, num_classes=1000).train()
+    if variant == "before":
+        for m in model.modules():
+            if type(m) is PATChannel:
+                m.__class__ = ReferencePATChannel
+        return model
+    if variant == "after_nchw":
+        return model
+    model = model.to(memory_format=torch.channels_last)
+    if variant == "after_compile":
+        model = torch.compile(model)
+    return model
+
+
+def batch(size: int, bs: int, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(bs, 3, size, size, generator=g)
+    y = torch.randint(0, 1000, (bs,), generator=g)
+    if variant not in ("before", "after_nchw"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+class Step:
+    def __init__(self, name: str, variant: str, bs: int, size: int):
+        self.model = build(name, variant)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.x, self.y = batch(size, bs, variant)
+
+    def __call__(self) -> tuple[float, float]:
+        w0, c0 = time.perf_counter(), time.process_time()
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+        self.opt.step()
+        return time.perf_counter() - w0, time.process_time() - c0
+
+
+def peak_rss_child(name: str, variant: str, bs: int, size: int) -> None:
+    """Run in a fresh process: two steps, print the peak RSS in MiB as JSON."""
+    step = Step(name, variant, bs, size)
+    step()
+    step()
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_rss(name: str, variant: str, bs: int, size: int) -> float | None:
+    cmd = [sys.executable, __file__, "--_peak-rss", variant, "--models", name, "--batch", str(bs), "--size", str(size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mib"])
+    except (IndexError, ValueError, KeyError):
+        return None
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd saves for backward while ``fn()`` runs."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor):
+        try:
+            key = (t.untyped_storage().data_ptr(), t.device.type)
+            seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def activation_table(bs: int, channels_last: bool) -> list[str]:
+    """Saved-for-backward MiB per block type at stage-1 geometry of PartialNet-T0 (C=32, 56x56)
+    and stage-4 geometry (C=256, 7x7), and that size relative to the block's input."""
+    from partialnet.models.backbone import Mlp
+
+    rows = []
+    mk = {"PConv (FasterNet mixer)": lambda c: PartialConv(c),
+          "PAT_ch (before: plain autograd stats)": lambda c: ReferencePATChannel(c),
+          "PAT_ch (after: srm_statistics)": lambda c: PATChannel(c),
+          "PAT_sf": lambda c: PATSelf(c),
+          "MLP (fc1, BN, GELU, fc2)": lambda c: Mlp(c, torch.nn.GELU),
+          "MLP + PAT_sp": lambda c: Mlp(c, torch.nn.GELU, pat_sp=True)}
+    for label, make in mk.items():
+        cells = []
+        for c, hw in ((32, 56), (256, 7)):
+            if label == "PAT_sf" and hw > 7:  # global attention: a stage-4 block only
+                cells.append("- (stage 4 only)")
+                continue
+            torch.manual_seed(0)
+            m = make(c).train()
+            x = torch.randn(bs, c, hw, hw, requires_grad=True)
+            if channels_last:
+                m = m.to(memory_format=torch.channels_last)
+                x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            b = saved_bytes(lambda: m(x))
+            cells.append(f"{b / 2**20:.1f} MiB ({b / (x.numel() * 4):.1f}x input)")
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--models", nargs="+", default=["partialnet_t0", "partialnet_t1", "fasternet_t0", "fasternet_t1"])
+    ap.add_argument("--models", nargs="+", default=["partialnet_t0"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="add an 'after + torch.compile' variant")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
+    ap.add_argument("--_peak-rss", dest="peak_variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    print(f"Training step (forward + backward + AdamW), batch {args.batch}, {args.size}x{args.size}, fp32, "
-          f"CPU, {torch.get_num_threads()} threads, {args.runs} timed steps after {args.warmup} warm-up\n")
-    print("| model | images/s (median) | min-max images/s | step time median (s) |")
-    print("|---|---|---|---|")
+    if args.peak_variant:
+        peak_rss_child(args.models[0], args.peak_variant, args.batch, args.size)
+        return
+    variants = list(VARIANTS if args.compile else VARIANTS[:3])
+    print(f"### Training step (forward + backward + AdamW), batch {args.batch}, {args.size}x{args.size}, fp32, "
+          f"CPU, {torch.get_num_threads()} threads\n")
+    print(f"{args.runs} timed steps per variant after {args.warmup} warm-up, variants interleaved. "
+          "before = NCHW, PAT_ch statistics as plain autograd ops (ReferencePATChannel); after = the "
+          "current layers (shared srm_statistics with its one-pass backward, SRM conv as a matrix "
+          "product, dense gradients into the split halves) with model and batch in channels_last; "
+          "after_nchw = the same layers on NCHW tensors (what the layout alone adds).\n")
+    print("| model | variant | step wall s (median, min-max) | step CPU s (median) | images/s (wall) | "
+          "speed-up vs before (wall / CPU) | saved for backward MiB | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        model = partialnet.create_model(name, num_classes=1000)
-        ts = time_train_steps(model, args.batch, args.size, args.warmup, args.runs)
-        med = statistics.median(ts)
-        print(f"| {name} | {args.batch / med:.1f} | {args.batch / max(ts):.1f}-{args.batch / min(ts):.1f} | {med:.3f} |", flush=True)
+        steps, notes = {}, []
+        for v in variants:
+            steps[v] = Step(name, v, args.batch, args.size)
+            if v == "after_compile":
+                t0 = time.perf_counter()
+                steps[v]()
+                notes.append(f"torch.compile: first step (compilation) took {time.perf_counter() - t0:.1f} s")
+        wall = {v: [] for v in variants}
+        cpu = {v: [] for v in variants}
+        for i in range(args.warmup + args.runs):
+            for v in variants:
+                w, c = steps[v]()
+                if i >= args.warmup:
+                    wall[v].append(w)
+                    cpu[v].append(c)
+        for v in variants:
+            mw, mc = statistics.median(wall[v]), statistics.median(cpu[v])
+            sw = statistics.median(wall["before"]) / mw
+            sc = statistics.median(cpu["before"]) / mc
+            rss = None if args.no_memory else peak_rss(name, v, args.batch, args.size)
+            act = saved_bytes(lambda: steps[v].model(steps[v].x)) / 2**20 if v != "after_compile" else None
+            print(f"| {name} | {v} | {mw:.3f} ({min(wall[v]):.3f}-{max(wall[v]):.3f}) | {mc:.3f} | "
+                  f"{args.batch / mw:.1f} | {sw:.2f}x / {sc:.2f}x | {'-' if act is None else f'{act:.0f}'} | "
+                  f"{'-' if rss is None else f'{rss:.0f}'} |", flush=True)
+        for note in notes:
+            print(f"\n{note}")
+    print("\nActivation memory per block type (bytes autograd saves for backward in one train-mode "
+          f"forward of the block, batch {args.batch}, channels_last):\n")
+    print("| block | stage-1 size (C=32, 56x56) | stage-4 size (C=256, 7x7) |")
+    print("|---|---|---|")
+    for row in activation_table(args.batch, channels_last=True):
+        print(row)
+    if torch.cuda.is_available():
+        print("\n(CUDA peak memory of the step is measured by bench/gpu.sh: torch.cuda.max_memory_allocated.)")
 
 
 if __name__ == "__main__":

@@ -15,3 +15,10 @@ class UserError(ValueError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # force one line
+
+
+class Preempted(Exception):
+    """The run received SIGTERM (a scheduler's pre-emption); its state is in ``last.ckpt``. The
+    entry points print ``error: <message>`` (how to resume) and exit with ``exit_code``."""
+
+    exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a terminated job

@@ -18,7 +18,7 @@ set -euo pipefail
 PY="${1:-.venv/bin/python}"
 
 # ---- pinned versions (change together; see the self-check below) --------------------------
-FFCV_VERSION="1.0.2"
+FFCV_VERSION="1.0.2"   # partialnet/data/ffcv/internals.py is written against it: re-check it on a change
 PIP_PINS=(
     "numba==0.68.1"                     # requires numpy>=1.22,<2.6: runs with our numpy 2.4.6
     "llvmlite==0.50.0"                  # the llvmlite numba 0.68 requires

@@ -1,14 +1,25 @@
-"""Shared test helpers: run the CLIs as a user would (subprocess), compose configs."""
+"""Shared test helpers.
+
+- ``run_task`` / ``hydra_task``: compose a CLI's config with Hydra's compose API and call its
+  task function in this process, as ``@hydra.main`` would (happy paths: fast, debuggable).
+- ``run_cli``: run a CLI in a subprocess, as a user would. Only for what needs a process: the
+  exit code, stderr, Hydra's own launcher (multirun), signals, several ranks.
+"""
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
 
 # Small, fast settings for end-to-end runs on synthetic data.
 FAST_TRAIN = [
@@ -25,6 +36,79 @@ FAST_TRAIN = [
     "trainer.enable_progress_bar=false",
     "callbacks.progress_bar=null",
 ]
+
+
+@contextlib.contextmanager
+def hydra_task(config_name: str, overrides: list[str], run_dir: str | os.PathLike) -> Iterator:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` and set up Hydra's state as
+    ``@hydra.main`` does for a job in ``run_dir`` (``HydraConfig`` with ``runtime.output_dir``,
+    so ``${hydra:...}`` and ``paths.output_dir`` resolve); yields the task config (no ``hydra``
+    node). Hydra's state is cleared on exit. Not done here (Hydra's own job, tested through the
+    CLI): logging set-up and the ``.hydra/`` files."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from partialnet.utils.rundir import RUN_NAME_ENV, register_resolvers
+
+    register_resolvers()
+    run_name = os.environ.get(RUN_NAME_ENV)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name=config_name):
+            cfg = compose(config_name=config_name, overrides=[*overrides, f"hydra.run.dir={run_dir}"],
+                          return_hydra_config=True)
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = os.path.abspath(run_dir)
+        HydraConfig.instance().set_config(cfg)
+        task_cfg = copy.deepcopy(cfg)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        yield task_cfg
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+        if run_name is None:
+            os.environ.pop(RUN_NAME_ENV, None)
+        else:
+            os.environ[RUN_NAME_ENV] = run_name
+
+
+class TaskRun(NamedTuple):
+    result: object  # what the task function returned
+    stdout: str  # what it printed (also echoed to the test's own stdout)
+    cfg: object  # the task config it was given
+
+
+def _task_function(config_name: str, run_dir: Path):
+    if config_name == "train":
+        from partialnet.training.train_task import train
+
+        return train
+    if config_name == "search":
+        from partialnet.search.search_task import search
+
+        return search
+    if config_name == "eval":
+        from partialnet.training.eval_task import evaluate
+
+        return lambda cfg: evaluate(cfg, out_dir=Path(run_dir))
+    raise ValueError(f"no task for config {config_name!r}")
+
+
+def run_task(config_name: str, overrides: list[str], run_dir: str | os.PathLike) -> TaskRun:
+    """``train.py`` / ``search_dpconv.py`` / ``eval.py`` (``config_name`` train / search / eval)
+    run in this process with ``hydra.run.dir=run_dir``. Exceptions (e.g. ``UserError``) propagate."""
+    run_dir = Path(run_dir)
+    buf = io.StringIO()
+    with hydra_task(config_name, overrides, run_dir) as cfg:
+        try:
+            with contextlib.redirect_stdout(buf):
+                result = _task_function(config_name, run_dir)(cfg)
+        finally:
+            sys.stdout.write(buf.getvalue())
+    return TaskRun(result, buf.getvalue(), cfg)
 
 
 def run_cli(script: str, args: list[str], cwd: Path | None = None, env: dict | None = None, timeout: int = 600):

@@ -177,3 +177,14 @@ def test_auto_augment_path(tmp_path):
     x1, _ = next(iter(loader))
     x2, _ = next(iter(loader))
     assert x1.shape == (8, 3, 32, 32) and torch.equal(x1, x2)  # deterministic per (seed, epoch)
+    # the training set applies RandAugment as configured, and it changes the images: the same
+    # batch (same seed, same crops and flips) without it differs
+    from timm.data.auto_augment import RandAugment
+
+    ra = [t for t in getattr(dm.train_dataset.sample_transform, "transforms", [dm.train_dataset.sample_transform])
+          if isinstance(t, RandAugment)]
+    assert len(ra) == 1 and {(op.magnitude, op.magnitude_std) for op in ra[0].ops} == {(9, 0.5)}
+    plain = CIFAR10DataModule(root=str(root), cache_dir=str(tmp_path / "cache"), batch_size=8)
+    x0, _ = next(iter(plain.train_dataloader()))
+    assert plain.train_dataset.sample_transform is None
+    assert x0.shape == x1.shape and not torch.equal(x0, x1)

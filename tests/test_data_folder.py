@@ -95,7 +95,17 @@ def test_corrupt_images_skipped_and_counted(tmp_path):
     assert np.array_equal(np.asarray(ds[0][0]), np.asarray(img))
 
 
-def test_transform_sizes(tmp_path):
+def _flat(transform) -> list:
+    out = []
+    for t in getattr(transform, "transforms", [transform]):
+        out.extend(_flat(t) if hasattr(t, "transforms") else [t])
+    return out
+
+
+def test_transform_sizes_and_the_train_pipeline_holds_the_augmentations(tmp_path):
+    from timm.data.auto_augment import RandAugment
+    from timm.data.random_erasing import RandomErasing
+
     root = make_dataset(tmp_path, size=50)
     dm = ImageFolderDataModule(root=str(root), image_size=32, batch_size=4, num_workers=0,
                                auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25)
@@ -103,6 +113,41 @@ def test_transform_sizes(tmp_path):
     assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
     xv, yv = next(iter(dm.val_dataloader()))
     assert xv.shape == (4, 3, 32, 32)
+    # the transform the training set really applies carries both augmentations, as configured
+    steps = _flat(dm.train_dataset.transform)
+    ra = [t for t in steps if isinstance(t, RandAugment)]
+    er = [t for t in steps if isinstance(t, RandomErasing)]
+    assert len(ra) == 1 and ra[0].num_layers == 2 and ra[0].ops, steps
+    assert {(op.magnitude, op.magnitude_std) for op in ra[0].ops} == {(9, 0.5)}
+    assert len(er) == 1 and er[0].probability == 0.25
+    assert not any(isinstance(t, (RandAugment, RandomErasing)) for t in _flat(dm.val_dataset.transform))
+
+
+def _first_train_image(root: Path, **kw) -> torch.Tensor:
+    from partialnet.data.transforms import seeded_host_rngs
+
+    dm = ImageFolderDataModule(root=str(root), image_size=32, batch_size=4, num_workers=0, **kw)
+    dm.setup()
+    with warnings.catch_warnings(), seeded_host_rngs(0):
+        warnings.simplefilter("ignore")
+        return dm.train_dataset[0][0]
+
+
+def test_randaugment_and_random_erasing_change_the_images(tmp_path):
+    root = make_dataset(tmp_path, size=50)
+    # RandAugment with no layers is the identity: with the same RNG state, 3 layers at magnitude
+    # 10 must change the image (it would not if auto_augment were dropped on the way)
+    identity = _first_train_image(root, auto_augment="rand-m10-n0-mstd0")
+    assert torch.equal(identity, _first_train_image(root, auto_augment="rand-m10-n0-mstd0"))
+    assert not torch.equal(identity, _first_train_image(root, auto_augment="rand-m10-n3-mstd0"))
+    # random erasing at p=1 in const mode zeroes a rectangle of the normalised image
+    plain = _first_train_image(root, re_prob=0.0, re_mode="const")
+    erased = _first_train_image(root, re_prob=1.0, re_mode="const")
+    assert (plain == 0).all(0).sum() == 0
+    zero = (erased == 0).all(0)
+    assert zero.sum() >= 4, "no erased pixels"
+    rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+    assert zero[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all(), "the erased area is a rectangle"
 
 
 def test_eval_transform_resize_then_center_crop():

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import FAST_TRAIN, REPO
@@ -73,3 +74,31 @@ def test_ddp_rank_failure_ends_every_rank_quickly(tmp_path):
     assert not list(ckpts.glob(".*.tmp"))
     for c in ckpts.glob("*.ckpt"):
         torch.load(c, weights_only=False)  # every checkpoint on disk is whole
+
+
+@pytest.mark.slow
+def test_ddp_kill_mid_epoch_and_relaunch_ends_with_the_uninterrupted_weights(tmp_path):
+    """2 gloo processes, mixup + drop-path (both draw per-rank random numbers): killed after the
+    step-6 checkpoint (mid-epoch), re-launched, the run ends bit-equal to an uninterrupted one,
+    which needs every rank's RNG state restored on its own rank."""
+    common = [a for a in FAST_TRAIN if not a.startswith("trainer.accelerator")] + [
+        "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=2",
+        "data.train_size=320", "callbacks.checkpoint.every_n_train_steps=2", "aug=imagenet",
+        "model.drop_path_rate=0.1", f"paths.log_dir={tmp_path}",
+    ]
+    straight = _torchrun(common + ["run_name=straight"], 2)
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    killed = _torchrun(common + ["run_name=killed"], 2, {"PARTIALNET_TEST_EXIT_AFTER_STEP": "6"})
+    assert killed.returncode != 0
+    last = tmp_path / "train/runs/killed/checkpoints/last.ckpt"
+    ck = torch.load(last, weights_only=False)
+    assert ck["global_step"] == 6 and ck["epoch"] == 0
+    assert [s["rank"] for s in ck["partialnet"]["rng_per_rank"]] == [0, 1]
+    again = _torchrun(common + ["run_name=killed"], 2)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "resuming from" in again.stdout
+    wa = torch.load(tmp_path / "train/runs/straight/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    wb = torch.load(last, weights_only=False)["state_dict"]
+    for k in wa:
+        if k.startswith("model.") and wa[k].is_floating_point():
+            assert torch.equal(wa[k], wb[k]), f"{k} differs after a DDP mid-epoch resume"

@@ -1,7 +1,7 @@
-"""FFCV pipeline: .beton writer, loaders, Lightning integration, failure modes.
+"""FFCV pipeline: .beton writer, loaders, Lightning integration, train.py/eval.py, failure modes.
 
-Real images: a few CIFAR-10 JPEGs taken from ``<repo>/../shared/data/cifar10-train.tar.gz`` at
-test time (skipped when the archive is absent). Every test that needs FFCV carries the
+The images are made here (smooth random colour fields, one base colour per class, saved as JPEG), so
+nothing is skipped when ``../shared`` is absent. Every test that needs FFCV carries the
 ``requires_ffcv`` mark and skips when ``ffcv`` is not installed; the last test (FFCV import
 blocked) runs everywhere, since it checks the fallback a user without FFCV sees.
 """
@@ -11,9 +11,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_cli
 from partialnet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-train.tar.gz"
 N_CLASSES, PER_CLASS = 4, 10
 BATCH = 8
+CLASS_COLOURS = ((200, 40, 40), (40, 180, 60), (50, 70, 210), (210, 200, 60))
 
 requires_ffcv = pytest.mark.requires_ffcv
 # numba's dispatcher finalizer raises a harmless KeyError when FFCV's per-Loader JIT functions are
@@ -50,33 +52,27 @@ def ffcv_mod():
     return pytest.importorskip("ffcv")
 
 
-@pytest.fixture(scope="module")
-def cifar_jpegs():
-    """{class: [jpeg bytes, ...]} for N_CLASSES classes x PER_CLASS real photos."""
-    if not ARCHIVE.is_file():
-        pytest.skip(f"CIFAR-10 archive not found at {ARCHIVE}")
-    out: dict[str, list[bytes]] = {}
-    with tarfile.open(ARCHIVE, "r|gz") as tar:
-        for m in tar:
-            parts = Path(m.name).parts
-            if not m.isfile() or not m.name.endswith(".jpg") or len(parts) < 2:
-                continue
-            cls = parts[-2]
-            if cls not in out and len(out) == N_CLASSES:
-                if all(len(v) >= PER_CLASS for v in out.values()):
-                    break
-                continue
-            lst = out.setdefault(cls, [])
-            if len(lst) < PER_CLASS:
-                lst.append(tar.extractfile(m).read())
-    assert len(out) == N_CLASSES and all(len(v) == PER_CLASS for v in out.values())
-    return out
+def make_jpeg(rng: np.random.Generator, label: int, size: tuple[int, int] = (32, 32), quality: int = 95) -> bytes:
+    """A photo-like JPEG: a smooth random colour field (bicubic upsampling of a 4x4 grid) over the class colour."""
+    grid = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    field = np.asarray(grid.resize(size, Image.BICUBIC), dtype=np.float32)
+    img = (0.4 * field + 0.6 * np.asarray(CLASS_COLOURS[label % len(CLASS_COLOURS)], np.float32)).round()
+    buf = io.BytesIO()
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
-def img_dir(tmp_path_factory, cifar_jpegs):
+def jpegs():
+    """{class: [jpeg bytes, ...]} for N_CLASSES classes x PER_CLASS images, 32x32."""
+    rng = np.random.default_rng(0)
+    return {f"class{c}": [make_jpeg(rng, c) for _ in range(PER_CLASS)] for c in range(N_CLASSES)}
+
+
+@pytest.fixture(scope="module")
+def img_dir(tmp_path_factory, jpegs):
     root = tmp_path_factory.mktemp("folder")
-    for cls, blobs in cifar_jpegs.items():
+    for cls, blobs in jpegs.items():
         (root / cls).mkdir()
         for i, b in enumerate(blobs):
             (root / cls / f"{i:03d}.jpg").write_bytes(b)
@@ -156,11 +152,11 @@ def test_refuses_overwrite_and_force(ffcv_mod, img_dir, tmp_path):
 
 
 @requires_ffcv
-def test_corrupt_images_skipped_and_counted(ffcv_mod, cifar_jpegs, tmp_path):
+def test_corrupt_images_skipped_and_counted(ffcv_mod, jpegs, tmp_path):
     from partialnet.data.ffcv import FFCVDataModule, write_beton
 
     root = tmp_path / "src"
-    blobs = cifar_jpegs[sorted(cifar_jpegs)[0]]
+    blobs = jpegs[sorted(jpegs)[0]]
     for cls in ("a", "b"):
         (root / cls).mkdir(parents=True)
         for i in range(3):
@@ -189,22 +185,61 @@ def test_corrupt_images_skipped_and_counted(ffcv_mod, cifar_jpegs, tmp_path):
 
 @requires_ffcv
 @pytest.mark.timeout(120)
-def test_dead_writer_worker_is_an_error_not_a_hang(ffcv_mod, img_dir, tmp_path, monkeypatch):
-    """FFCV's writer waits forever for a dead worker; ours stops and reports it."""
-    from partialnet.data import ffcv as F
+@pytest.mark.parametrize("exit_code, sigint", [(3, "python"), (3, "ignored"), (0, "python")])
+def test_dead_writer_worker_is_an_error_not_a_hang(ffcv_mod, img_dir, tmp_path, monkeypatch, exit_code, sigint):
+    """FFCV's writer waits forever for a dead worker; ours stops and reports it.
 
-    orig = F._ImageDataset.__getitem__
+    Also with SIGINT ignored (Lightning leaves SIGINT at SIG_IGN/SIG_DFL after some runs, and the
+    old watchdog's interrupt_main() was then silently dropped: the hang of a full test run), and for
+    a worker that exits with status 0 before its work is done (seen through its sentinel).
+    """
+    from partialnet.data.ffcv import writer as W
+
+    orig = W._ImageDataset.__getitem__
 
     def dies_on_7(self, i):
         if i == 7:
-            os._exit(3)  # in the forked writer worker only
+            os._exit(exit_code)  # in the forked writer worker only
         return orig(self, i)
 
-    monkeypatch.setattr(F._ImageDataset, "__getitem__", dies_on_7)
+    monkeypatch.setattr(W._ImageDataset, "__getitem__", dies_on_7)
     out = tmp_path / "w.beton"
-    with pytest.raises(UserError, match="worker process died"):
-        F.write_beton(str(img_dir), out, workers=2, progress=False)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint == "ignored" else None
+    try:
+        with pytest.raises(UserError, match="worker process died"):
+            W.write_beton(str(img_dir), out, workers=2, progress=False)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     assert list(tmp_path.iterdir()) == []  # no .beton, no sidecar, no temp files
+    import ffcv.writer
+
+    assert ffcv.writer.sleep.__module__ == "time" and ffcv.writer.Queue.__module__ != W.__name__  # names restored
+
+
+def test_writer_watch_tells_a_finished_write_from_a_lost_one():
+    """Every worker gone is an error only while the progress counter is short of the total
+    (or a queue read waits for data no one can send); a finished write is never one."""
+    import multiprocessing
+
+    from partialnet.data.ffcv.internals import WriterWatch, WriterWorkerDied
+
+    fork = multiprocessing.get_context("fork")
+    watch = WriterWatch(total=5)
+    worker = fork.Process(target=int)
+    worker.start()
+    worker.join()
+    watch.workers.append(worker)
+    done = fork.Value("Q", 5)
+    watch.counters.append(done)
+    for _ in range(3):  # the writer polls once more after its last progress read
+        watch.check()
+    done.value = 4
+    with pytest.raises(WriterWorkerDied, match="every worker exited"):
+        watch.check()
+    done.value = 5
+    with pytest.raises(WriterWorkerDied):
+        watch.check(waiting_on_queue=True)
 
 
 @requires_ffcv
@@ -225,8 +260,22 @@ def test_truncated_beton_is_a_user_error(beton, tmp_path):
     (tmp_path / "x.beton").write_bytes(b"\x07" * 100)
     with pytest.raises(UserError, match="not an FFCV .beton"):
         check_beton(tmp_path / "x.beton")
+    (tmp_path / "zeros.beton").write_bytes(b"\x00" * 4096)
+    with pytest.raises(UserError, match="zeros.beton is truncated or corrupt"):
+        check_beton(tmp_path / "zeros.beton")
     with pytest.raises(UserError, match="not found"):
-        FFCVDataModule(str(tmp_path / "missing.beton"), None)
+        FFCVDataModule(str(tmp_path / "missing.beton"), None, num_workers=1)
+
+
+@requires_ffcv
+def test_without_a_sidecar_the_classes_come_from_the_labels(beton, tmp_path):
+    from partialnet.data.ffcv import FFCVDataModule, check_beton
+
+    bare = tmp_path / "bare.beton"
+    shutil.copy(beton, bare)
+    assert check_beton(bare)["sidecar"] is None
+    d = FFCVDataModule(str(bare), None, batch_size=BATCH, num_workers=1)
+    assert d.num_classes == N_CLASSES and d.class_names == [str(i) for i in range(N_CLASSES)]
 
 
 @requires_ffcv
@@ -236,10 +285,10 @@ def test_batch_size_must_divide_world_size(dm):
     from partialnet.data.ffcv import FFCVDataModule
 
     d = FFCVDataModule(dm.train_beton, None, batch_size=10, num_workers=1)
-    d.trainer = SimpleNamespace(world_size=4, current_epoch=0)
-    with pytest.raises(UserError, match="not divisible by world size 4"):
+    d.trainer = SimpleNamespace(world_size=4, global_rank=0, current_epoch=0)
+    with pytest.raises(UserError, match="data.batch_size=10 .* not divisible by the world size 4"):
         d.setup("fit")
-    d.trainer = SimpleNamespace(world_size=2, current_epoch=0)
+    d.trainer = SimpleNamespace(world_size=2, global_rank=1, current_epoch=0)
     d.setup("fit")
     assert d.per_device_batch_size == 5
 
@@ -334,10 +383,10 @@ def test_order_is_a_function_of_seed_and_epoch(dm):
     assert dm.state_dict()["epoch"] == 2
     dm.load_state_dict({"seed": 7, "epoch": 1})
     assert [y.tolist() for _, y in loader] == per_epoch[1]
-    # mid-epoch resume: the loader's own state skips the batches already consumed
-    dm.load_state_dict({"seed": 7, "epoch": 1})
-    loader.load_state_dict({"split": "train", "epoch": 1, "seed": 7, "batches_consumed": 2})
-    assert [y.tolist() for _, y in loader] == per_epoch[1][2:]
+    # mid-epoch resume: the checkpoint's position (epoch, batches done) skips those batches, once
+    dm.load_state_dict({"seed": 7, "epoch": 1, "position": (1, 2)})
+    assert [y.tolist() for _, y in dm.train_dataloader()] == per_epoch[1][2:]
+    assert len([y.tolist() for _, y in loader]) == len(per_epoch[0])  # epoch 2: whole again
 
 
 @requires_ffcv
@@ -362,6 +411,112 @@ def test_device_pipeline_matches_cpu_pipeline(beton):
     assert outs["dev16"][0].dtype == torch.float16
     assert outs["dev16"][0].is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(outs["dev16"][0].float(), x, atol=2e-2)
+
+
+@requires_ffcv
+def test_num_workers_above_the_cores_is_clamped_with_one_warning(beton):
+    """data.num_workers: 8 on a 2-core machine used to fail as 'cannot open ... train.beton' (numba's limit)."""
+    from partialnet.data.ffcv import FFCVDataModule
+    from partialnet.data.ffcv.datamodule import available_threads
+
+    avail = available_threads()
+    assert 1 <= avail <= len(os.sched_getaffinity(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d = FFCVDataModule(str(beton), str(beton), batch_size=BATCH, num_workers=avail + 6, image_size=32)
+    msgs = [str(w.message) for w in caught if "num_workers" in str(w.message)]
+    assert len(msgs) == 1 and "\n" not in msgs[0], msgs
+    assert f"data.num_workers={avail + 6}" in msgs[0] and f"using {avail} FFCV threads" in msgs[0]
+    assert d.num_workers == avail
+    assert sum(len(y) for _, y in d.val_dataloader()) == N_CLASSES * PER_CLASS
+    assert FFCVDataModule(str(beton), None, batch_size=BATCH, num_workers=0).num_workers == avail  # 0 = all
+    with pytest.raises(UserError, match="data.num_workers=-1"):
+        FFCVDataModule(str(beton), None, batch_size=BATCH, num_workers=-1)
+
+
+@requires_ffcv
+@pytest.mark.slow
+def test_train_py_and_eval_py_on_ffcv_files(beton, tmp_path):
+    """A user's path: train.py data=imagenet_ffcv on .beton files for a few steps, then eval.py on its checkpoint.
+
+    Runs with the config's num_workers (8), so on a small machine it also shows the clamp warning
+    instead of the old error blaming the file.
+    """
+    run = tmp_path / "run"
+    proc = run_cli("train.py", [
+        "data=imagenet_ffcv", f"data.train_beton={beton}", f"data.val_beton={beton}", "data.image_size=32",
+        "data.batch_size=8", "model=partialnet_t0", "logger=csv", "trainer.accelerator=cpu", "trainer.max_epochs=1",
+        "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
+        f"hydra.run.dir={run}",
+    ])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if len(os.sched_getaffinity(0)) < 8:
+        assert "data.num_workers=8 is more than the" in proc.stderr
+    ckpt = run / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == N_CLASSES * PER_CLASS // 8
+    assert saved["FFCVDataModule"]["global_batch_size"] == 8 and saved["FFCVDataModule"]["train_resolution"] == 32
+    proc = run_cli("eval.py", [f"ckpt={ckpt}", "speed.runs=2", "speed.warmup=1", "speed.batch_size=2",
+                               f"hydra.run.dir={tmp_path}/eval"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run / "checkpoints" / "eval.json").read_text())
+    assert res["model"] == "partialnet_t0" and 0 <= res["val/acc1"] <= 100
+
+
+def _idx(path: Path, arr: np.ndarray) -> None:
+    import gzip
+    import struct
+
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes())
+
+
+def test_writer_sources_read_through_the_project_readers(tmp_path, jpegs):
+    """--src cifar10:ARCHIVE, fashion_mnist:DIR and DIR go through cifar10.read_archive,
+    fashion_mnist.load_split and TolerantImageFolder (their checks and errors included)."""
+    import tarfile
+
+    from partialnet.data.ffcv.sources import resolve_source
+
+    arch = tmp_path / "c10.tar.gz"
+    with tarfile.open(arch, "w:gz") as tar:
+        for split, n in (("train", 3), ("test", 2)):
+            for cls in ("b", "a"):
+                for i in range(n):
+                    data = jpegs[sorted(jpegs)[0]][i]
+                    info = tarfile.TarInfo(f"cifar/{split}/{cls}/{i}.jpg")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    tr, te = resolve_source(f"cifar10:{arch}", "train"), resolve_source(f"cifar10:{arch}", "test")
+    assert tr.classes == te.classes == ["a", "b"] and tr.labels == [0, 0, 0, 1, 1, 1] and te.labels == [0, 0, 1, 1]
+    assert tr.blobs[0] == jpegs[sorted(jpegs)[0]][0] and tr.kind == "cifar10"
+
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _idx(fm / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _idx(fm / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8))
+    src = resolve_source(f"fashion_mnist:{fm}", "test")
+    assert src.arrays.shape == (4, 28, 28) and src.labels == [0, 1, 2, 3] and src.classes[0] == "T-shirt/top"
+    _idx(fm / "t10k-labels-idx1-ubyte.gz", np.arange(3, dtype=np.uint8))  # 4 images, 3 labels
+    with pytest.raises(UserError, match="4 images but .* 3 labels"):  # load_split's own check
+        resolve_source(f"fashion_mnist:{fm}", "test")
+
+    root = tmp_path / "folder"
+    for cls, n in (("x", 2), ("y", 0)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            (root / cls / f"{i}.jpg").write_bytes(jpegs[sorted(jpegs)[1]][i])
+    with pytest.raises(UserError, match="class folder .*y has no image files"):  # scan_image_folder's check
+        resolve_source(str(root))
+    (root / "y" / "0.png").write_bytes(jpegs[sorted(jpegs)[1]][2])
+    src = resolve_source(str(root))
+    assert src.classes == ["x", "y"] and src.labels == [0, 0, 1] and src.names[-1].endswith("y/0.png")
+    for d in ("train", "val"):
+        (tmp_path / "splits" / d / "c").mkdir(parents=True)
+    with pytest.raises(UserError, match="split folders"):
+        resolve_source(str(tmp_path / "splits"))
 
 
 def test_missing_ffcv_is_a_one_line_user_error(monkeypatch, tmp_path):

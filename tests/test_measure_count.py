@@ -11,8 +11,8 @@ from partialnet.measure import count, format_counts
 from partialnet.models.layers import PATSelf
 
 
-# (params M, GMACs) at 224x224. PartialNet: design §3.1; PATNet: paper_facts §1.3 (fvcore on the
-# authors' code at FasterNet's sizes); FasterNet: the paper (Tab. 3).
+# (params M, GMACs) at 224x224. PartialNet: the authors' released configs counted with fvcore; PATNet: fvcore on the
+# authors' code at FasterNet's sizes; FasterNet: the paper (Tab. 3).
 TARGETS = {
     ("partialnet_t0", True): (3.56, 0.247), ("partialnet_t0", False): (3.49, 0.235),
     ("partialnet_t1", True): (6.14, 0.546), ("partialnet_t1", False): (5.99, 0.521),

@@ -16,6 +16,7 @@ from partialnet.models.layers import (
     conv_channels,
     euclidean_bucket_index,
     heads_for,
+    srm_statistics,
 )
 
 
@@ -101,7 +102,7 @@ def test_pat_channel_semantics():
     y = m(x)
     x_u = x[:, 10:]
     mean = x_u.mean((2, 3))
-    std = (x_u.flatten(2).var(-1, unbiased=True) + m.std_eps).sqrt()
+    std = x_u.flatten(2).var(-1, unbiased=True).clamp_min(m.std_eps).sqrt()
     u = torch.stack((mean, std), -1)  # (B, C_u, 2)
     z = torch.einsum("bck,ock->bo", u, m.srm_conv.weight[:, :, 0])
     z = (z - m.srm_norm.running_mean) / (m.srm_norm.running_var + m.srm_norm.eps).sqrt()
@@ -109,6 +110,60 @@ def test_pat_channel_semantics():
     g = torch.clamp(z + 3, 0, 6) / 6
     torch.testing.assert_close(y[:, 10:], m.norm(x_u * g[:, :, None, None]))
     torch.testing.assert_close(y[:, :10], m.conv(x[:, :10]))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 3), (6, 5)])
+def test_srm_statistics_values_and_gradient(hw):
+    """The shared mean/std helper equals torch's unbiased std (var 0 at one position), and its
+    hand-written backward equals autograd through the textbook formula, for both outputs."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, *hw, dtype=torch.float64) * 2 + 1
+    eps = 1e-10
+    n = hw[0] * hw[1]
+    var = x.flatten(2).var(-1, unbiased=True) if n > 1 else torch.zeros(3, 7, dtype=torch.float64)
+    mean, std = srm_statistics(x, eps)
+    torch.testing.assert_close(mean, x.mean((2, 3)))
+    torch.testing.assert_close(std, var.clamp_min(eps).sqrt())
+    w_mean, w_std = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    for use_mean, use_std in ((1, 1), (1, 0), (0, 1)):
+        a = x.clone().requires_grad_(True)
+        m_a, s_a = srm_statistics(a, eps)
+        (use_mean * (m_a * w_mean).sum() + use_std * (s_a * w_std).sum()).backward()
+        b = x.clone().requires_grad_(True)
+        flat = b.flatten(2)
+        v_b = flat.var(-1, unbiased=True) if n > 1 else flat.sum(-1) * 0
+        (use_mean * (flat.mean(-1) * w_mean).sum() + use_std * (v_b.clamp_min(eps).sqrt() * w_std).sum()).backward()
+        torch.testing.assert_close(a.grad, b.grad)
+        assert (a.grad.abs().sum() > 0) == bool(use_mean or n > 1)  # one position: std is constant
+    torch.autograd.gradcheck(lambda t: srm_statistics(t, eps), (x[:1, :3].clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dense_grad_same_values_dense_gradient(channels_last):
+    """dense_grad changes neither the forward value nor the gradient's numbers; the gradient that
+    reaches the wrapped half of a split is dense (contiguous in NCHW or NHWC order)."""
+    from partialnet.models.layers.dense_grad import dense_grad
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 10, 5, 6).contiguous(memory_format=fmt).requires_grad_(True)
+    w = torch.randn(4, 10, 5, 6)
+    seen = {}
+    grads = []
+    for wrap in (False, True):
+        x.grad = None
+        x_p, x_u = torch.split(x, [3, 7], dim=1)
+        y_u = x_u * 2.0
+        y_u.register_hook(lambda g: seen.__setitem__(wrap, g))
+        out = torch.cat((x_p, dense_grad(y_u) if wrap else y_u), dim=1)
+        torch.testing.assert_close(out, torch.cat((x_p, x_u * 2.0), dim=1))
+        (out * w).sum().backward()
+        grads.append(x.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    def is_dense(g):
+        return g.is_contiguous() or g.is_contiguous(memory_format=torch.channels_last)
+
+    assert not is_dense(seen[False])  # a channel slice of the output gradient
+    assert is_dense(seen[True])
 
 
 def test_pat_channel_batch_one_train():
@@ -151,7 +206,7 @@ def test_pat_self_semantics():
     torch.manual_seed(0)
     m = PATSelf(64).eval()
     assert (m.num_heads, m.head_dim) == (4, 12)
-    assert m.qkv.bias is None and m.rpe.bias_table.shape == (4, 81)
+    assert m.qkv.bias is None and m.rpe.bias_table.shape == (4, 41)
     with torch.no_grad():
         m.rpe.bias_table.normal_()
     x = torch.randn(2, 64, 5, 3)
@@ -174,7 +229,7 @@ def test_heads_at_non_divisible_widths():
     assert heads_for(192, 4) == 4
     m = PATSelf(40)
     assert (m.dim_untouched, m.num_heads, m.head_dim) == (30, 3, 10)
-    assert m.rpe.bias_table.shape == (3, 81)
+    assert m.rpe.bias_table.shape == (3, 41)
 
 
 def test_rpe_buckets():
@@ -184,7 +239,7 @@ def test_rpe_buckets():
     assert idx[0, 11] == 4  # (0,0)-(2,3): sqrt 13 = 3.6 -> 4
     assert torch.equal(idx, idx.t())
     big = euclidean_bucket_index(1, 100)
-    assert big.max() == 80 and big[0, 79] == 79
+    assert big.max() == 35 and big[0, 20] == 20 and big[0, 21] == 20  # exact to 20, then log-compressed
     rpe = EuclideanRPE(2)
     assert rpe(7, 7).shape == (2, 49, 49) and rpe(2, 3).shape == (2, 6, 6)
     assert set(rpe._index_cache) == {(7, 7, "cpu"), (2, 3, "cpu")}
@@ -199,3 +254,16 @@ def test_deploy_names():
     ch = PATChannel(32)
     for name in ("conv", "srm_conv", "srm_norm", "norm"):
         assert isinstance(getattr(ch, name), nn.Module)
+
+
+def test_srm_statistics_constant_channel_has_finite_gradient():
+    """A constant channel has variance 0: the floor keeps its std's gradient finite (zero),
+    while the other channels keep torch's exact unbiased std."""
+    x = torch.randn(2, 3, 4, 4)
+    x[:, 1] = 0.5
+    x.requires_grad_(True)
+    mean, std = srm_statistics(x, PATChannel.std_eps)
+    std.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert x.grad[:, 1].abs().max() == 0
+    torch.testing.assert_close(std[:, [0, 2]], x.detach()[:, [0, 2]].flatten(2).std(-1), rtol=0, atol=0)

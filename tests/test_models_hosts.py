@@ -56,8 +56,16 @@ def test_host_forward_backward(name):
     model = partialnet.create_model(name, num_classes=10)
     y = model(torch.randn(2, 3, 64, 64))
     assert y.shape == (2, 10)
-    y.sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    y.square().mean().backward()
+    params = dict(model.named_parameters())
+    assert params, "the model has no parameters"
+    no_grad = [n for n, p in params.items() if p.grad is None]
+    assert not no_grad, f"no gradient reached {no_grad[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in params.values())
+    # the first replaced 3x3 conv and the stem (upstream of every replaced block) learn
+    first = next(n for n in params if n.startswith(("layer1.0.conv2.", "features.1.")))
+    stem = next(iter(params))
+    assert params[first].grad.abs().sum() > 0 and params[stem].grad.abs().sum() > 0, (first, stem)
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
     assert cfg["interpolation"] == "bilinear" and cfg["num_classes"] == 10

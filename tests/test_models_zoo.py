@@ -30,7 +30,8 @@ def test_timm_create_model(name):
     assert model.num_classes == 10 and model.head.out_features == 10
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.9 and cfg["interpolation"] == "bicubic"
-    assert model.default_cfg is cfg and cfg["num_classes"] == 10
+    # timm's convention: the cfg describes the weights (ImageNet-1k), not the head built
+    assert model.default_cfg is cfg and cfg["num_classes"] == 1000 and cfg["architecture"] == name
     assert timm.data.resolve_data_config({}, model=model)["input_size"] == (3, 224, 224)
 
 
@@ -40,9 +41,17 @@ def test_unknown_name_lists_close_names():
     assert "unknown model" in str(err.value)
 
 
-def test_pretrained_refused():
-    with pytest.raises(UserError, match="pretrained"):
+def test_pretrained_needs_a_local_file():
+    with pytest.raises(UserError, match="no weights are downloaded.*pretrained_cfg_overlay=dict.file=PATH"):
         partialnet.models.partialnet.partialnet_t0(pretrained=True)
+    with pytest.raises(UserError, match="no weights are downloaded"):
+        timm.create_model("partialnet_t0", pretrained=True, pretrained_cfg_overlay=dict(url="https://x/w.pth"))
+
+
+def test_timm_keeps_its_own_fasternet():
+    assert type(timm.create_model("fasternet_t0")).__module__ == "timm.models.fasternet"
+    ours = partialnet.create_model("fasternet_t0")
+    assert isinstance(ours, PartialChannelNet) and ours.pretrained_cfg["first_conv"] == "stem.conv"
 
 
 @pytest.mark.parametrize("name", ["partialnet_t0", "patnet_t0", "fasternet_t0"])
@@ -103,7 +112,8 @@ def test_forward_sizes_batch_one_eval(name):
 
 def test_small_input_and_train_step():
     model = partialnet.create_model("partialnet_t0", num_classes=10, small_input=True, in_chans=1)
-    assert model.pretrained_cfg["input_size"] == (1, 32, 32)
+    # 32 px input; the cfg keeps the weights' 3 channels so timm adapts a pretrained stem to in_chans=1
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32) and model.stem.conv.in_channels == 1
     x = torch.randn(2, 1, 32, 32)
     assert model.forward_features(x).shape == (2, 256, 2, 2)
     model.train()

@@ -36,8 +36,12 @@ def _ratio_file(run: Path) -> dict:
     return yaml.safe_load((run / "ratios.yaml").read_text())
 
 
-def test_search_then_retrain_meets_two_targets(tmp_path):
-    """A 2-job sweep (flops_ratio 0.95 and 1.15: one ratios.yaml each), then both retrained by train.py."""
+def test_search_sweep_then_retrain_rebuilds_each_file(tmp_path):
+    """A 2-job sweep (flops_ratio 0.95 and 1.15: one ratios.yaml each), then both retrained by train.py.
+
+    Plumbing only: with 4 search steps the exported file may come from the projection onto the
+    band (``search/projection_used``). That the search itself meets a budget is tested on the real
+    loop in ``test_search_loop.py``."""
     proc = run_cli("search_dpconv.py", ["-m", *FAST_SEARCH, "search.flops_ratio=0.95,1.15", f"paths.log_dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent for p in tmp_path.glob("search/multiruns/*/*/ratios.yaml"))
@@ -52,7 +56,8 @@ def test_search_then_retrain_meets_two_targets(tmp_path):
         assert abs(info["macs"] / info["target_macs"] - 1) <= 0.03
         assert len(info["config_hash"]) == 16
         header = next(csv.reader(open(run / "metrics.csv")))
-        for col in ("search/tau", "search/expected_gmacs_step", "search/expected_gmacs_epoch", "arch/l00_p0.25",
+        for col in ("search/tau", "search/expected_gmacs_step", "search/lambda_scale", "search/expected_gmacs_epoch",
+                    "arch/l00_p0.25",
                     "arch/l12_ratio", "search/argmax_gmacs", "search/final_gmacs", "search/projection_used", "val/acc1"):
             assert col in header, col
         files.append(run / "ratios.yaml")

@@ -7,7 +7,8 @@ import partialnet
 from partialnet.measure import count
 from partialnet.models.ratios_file import RATIOS_FILE_KEYS, read_ratios_file
 from partialnet.search.cost_model import build_cost_table
-from partialnet.search.export import config_hash, export_ratios, final_choice, non_default_kwargs
+from partialnet.models.ratios_file import non_default_kwargs
+from partialnet.search.export import config_hash, export_ratios, final_choice
 from partialnet.search.supernet import layer_specs
 
 

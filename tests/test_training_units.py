@@ -30,21 +30,37 @@ def test_warmup_cosine_is_a_pure_function_of_the_step():
 
 
 def test_scheduler_steps_per_iteration_and_resumes_exactly():
-    p = torch.nn.Parameter(torch.zeros(2))
-    opt = torch.optim.SGD([p], lr=1.0)
-    sched = build_scheduler(opt, {"name": "warmup_cosine", "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0}, 1.0, 20, 5)
-    lrs = []
-    for _ in range(8):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    sched_cfg = {"name": "warmup_cosine", "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0}
+    total, per_epoch = 20, 5
+
+    def fresh():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+        return opt, build_scheduler(opt, sched_cfg, 1.0, total, per_epoch)
+
+    def run(opt, sched, steps):
+        lrs = []
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return lrs
+
+    opt, sched = fresh()
+    full = run(opt, sched, total)
+    f = WarmupCosine(lr=1.0, total_steps=total, warmup_steps=per_epoch, warmup_lr=0.0, min_lr=0.0)
+    assert full == pytest.approx([f.lr_at(s) for s in range(total)])  # one scheduler step per iteration
+    assert full[:per_epoch + 1] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    # interrupted after 8 steps: a fresh optimizer and scheduler restored from the state dicts
+    # continue exactly where the uninterrupted run went
+    opt, sched = fresh()
+    head = run(opt, sched, 8)
     state = (opt.state_dict(), sched.state_dict())
-    opt2 = torch.optim.SGD([p], lr=1.0)
-    sched2 = build_scheduler(opt2, {"name": "warmup_cosine", "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0}, 1.0, 20, 5)
+    opt2, sched2 = fresh()
     opt2.load_state_dict(state[0])
     sched2.load_state_dict(state[1])
-    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
-    assert lrs[:6] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    tail = run(opt2, sched2, total - 8)
+    assert head + tail == pytest.approx(full)
+    assert sched2.last_epoch == total
 
 
 def test_no_weight_decay_on_norm_and_bias_by_default():
@@ -118,8 +134,23 @@ def test_truncated_checkpoint_is_a_user_error(tmp_path):
 
 
 def test_cli_error_formatting():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+
     from partialnet.utils.cli import _one_line
 
-    msg = "Could not find 'model/foo'\n\nAvailable options in 'model':\n\ta\n\tb"
-    assert _one_line(msg) == "Could not find 'model/foo'; available: a, b"
-    assert "\n" not in _one_line("line one\nline two")
+    # the text Hydra really raises for an unknown option of a config group
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"), \
+                pytest.raises(MissingConfigException) as e:
+            compose(config_name="train", overrides=["model=partialnet_t9"])
+    finally:
+        GlobalHydra.instance().clear()
+    models = sorted(p.stem for p in (conf / "model").glob("*.yaml"))
+    assert _one_line(str(e.value)) == f"Could not find 'model/partialnet_t9'; available: {', '.join(models)}"
+    assert "\n" not in _one_line("line one\nline two") and _one_line("a\n\n  b\tc") == "a; b c"

@@ -33,7 +33,8 @@ def test_online_without_credentials_falls_back_to_offline(tmp_path, monkeypatch)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     with pytest.warns(UserWarning, match="offline"):
-        loggers = build_loggers({"wandb": {"mode": "online"}}, Path(tmp_path), {})
+        loggers = build_loggers({"wandb": {"_target_": "partialnet.training.loggers.wandb_logger", "save_dir": None,
+                                           "mode": "online"}}, Path(tmp_path))
     wb = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"][0]
     assert wb._wandb_init["mode"] == "offline"
 

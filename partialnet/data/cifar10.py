@@ -31,7 +31,6 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +58,7 @@ from partialnet.data.transforms import (
     resize_uint8,
 )
 from partialnet.errors import UserError
+from partialnet.utils.atomic import atomic_write
 
 DEFAULT_ARCHIVE = "../shared/data/cifar10-train.tar.gz"
 NATIVE_SIZE = 32
@@ -188,20 +188,8 @@ def decode_images(sources: Sequence[str | bytes], size: int = NATIVE_SIZE, threa
 
 def _save_npz(path: Path, d: DecodedSet) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".decoded-", suffix=".npz.tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, classes=np.array(d.classes), names=d.names, labels=d.labels, split=d.split,
-                         ok=d.ok, images=d.images, ignored=np.int64(d.ignored))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the cache may be shared
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: np.savez(f, classes=np.array(d.classes), names=d.names, labels=d.labels,
+                                              split=d.split, ok=d.ok, images=d.images, ignored=np.int64(d.ignored)))
     except OSError as e:
         warnings.warn(f"could not write the decoded-image cache {path}: {e}", stacklevel=3)
 

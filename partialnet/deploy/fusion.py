@@ -2,9 +2,9 @@
 
 :func:`fuse` returns a new inference model whose eval outputs equal the trained model's
 eval outputs (fp32, max abs diff well under 1e-4). The fusion follows the network's
-structure (design §3.4), never a generic "fold a BN into whatever conv came before" walk
-(that pairing is wrong in PAT_ch and PAT_sp, where the BN sits on one half of a split and the
-preceding conv is on the other half: the authors' ``fuse_conv_bn`` crash, paper_facts §2 #6).
+structure, never a generic "fold a BN into whatever conv came before" walk (that pairing is
+wrong in PAT_ch and PAT_sp, where the BN sits on one half of a split and the preceding conv is
+on the other half, so such a walk folds a BN into a conv whose outputs it never sees).
 
 What is folded or merged, with BN in eval form ``bn(z) = s*z + t``
 (``s = gamma / sqrt(running_var + eps)``, ``t = beta - running_mean * s``):
@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from partialnet.errors import UserError
 from partialnet.models.backbone import Mlp, PartialBlock, PartialChannelNet
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PATSpatial, euclidean_bucket_index
+from partialnet.models.layers.srm_stats import srm_statistics
 
 __all__ = [
     "fuse",
@@ -153,7 +154,7 @@ class FusedPATChannel(nn.Module):
 
     ``srm`` is the (1, 2) conv with the SRM BN folded, written as one Linear on
     ``concat(mean, std)`` (2*C_u -> C_u). The trailing BN of the original lives in the next
-    ``mlp.fc1``. ``std = sqrt(unbiased var + std_eps)``, var 0 for a single position, as in
+    ``mlp.fc1``. ``std = sqrt(max(unbiased var, std_eps))``, var 0 for a single position, as in
     :class:`~partialnet.models.layers.PATChannel`.
     """
 
@@ -182,14 +183,7 @@ class FusedPATChannel(nn.Module):
 
     def gate(self, x_u: torch.Tensor) -> torch.Tensor:
         """The SRM gate, shape (B, C_u)."""
-        n = x_u.shape[-2] * x_u.shape[-1]
-        mean = x_u.mean(dim=(2, 3))
-        if n > 1:
-            d = x_u - mean[:, :, None, None]
-            var = (d * d).sum(dim=(2, 3)) / (n - 1)  # two-pass unbiased var (torch.var is slow on CPU)
-        else:
-            var = torch.zeros_like(mean)
-        std = torch.sqrt(var + self.std_eps)
+        mean, std = srm_statistics(x_u, self.std_eps)
         return F.hardsigmoid(self.srm(torch.cat((mean, std), dim=1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

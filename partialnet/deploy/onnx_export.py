@@ -4,13 +4,12 @@ The export traces the **split-cat** form (:func:`partialnet.deploy.set_forward_t
 Split/Slice/Concat nodes, no in-place slice writes (FasterNet's in-place slicing produced ONNX
 graphs "hundreds of times bigger", FasterNet issue #16). It uses the TorchScript exporter
 (``torch.onnx.export(..., dynamo=False)``): fast and reliable on these models. The file is
-written atomically (temporary file in the target folder, then ``os.replace``).
+written atomically (``partialnet.utils.atomic``).
 """
 from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +21,7 @@ import torch.nn as nn
 from partialnet.deploy.fusion import fuse as fuse_model
 from partialnet.deploy.fusion import set_forward_type
 from partialnet.errors import UserError
+from partialnet.utils.atomic import atomic_write
 
 __all__ = ["export_onnx", "onnx_max_abs_diff", "DEFAULT_OPSET"]
 
@@ -77,28 +77,14 @@ def export_onnx(
     with torch.no_grad():
         net(x)  # fills per-size caches (PAT_sf's position bias), so the trace sees constants
     dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    def write(f) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation/tracer warnings
-            torch.onnx.export(
-                net,
-                (x,),
-                tmp,
-                input_names=["input"],
-                output_names=["logits"],
-                opset_version=int(opset),
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            torch.onnx.export(net, (x,), f, input_names=["input"], output_names=["logits"],
+                              opset_version=int(opset), dynamic_axes=dynamic_axes, do_constant_folding=True,
+                              dynamo=False)
+
+    atomic_write(path, write)
     return path
 
 

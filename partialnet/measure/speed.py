@@ -10,6 +10,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 
@@ -26,6 +27,7 @@ class SpeedResult:
     seconds_median: float
     seconds_min: float
     seconds_max: float
+    runtime: str = "eager"
 
     @property
     def images_per_s(self) -> float:
@@ -67,29 +69,51 @@ def time_forward(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    **timing,
+) -> SpeedResult:
+    """Time forward passes of ``model`` in eval mode and ``inference_mode`` on a ``batch_size``
+    batch; ``timing``: ``warmup`` (3), ``runs`` (7), ``min_seconds`` (0), as in :func:`time_runner`."""
+    model = model.eval().to(device=torch.device(device), dtype=dtype)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    return time_runner(run, batch_size, input_size, device, dtype, channels_last, **timing)
+
+
+def time_runner(
+    runner: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    input_size: int = 224,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
     warmup: int = 3,
     runs: int = 7,
     min_seconds: float = 0.0,
+    runtime: str = "eager",
 ) -> SpeedResult:
-    """Time ``runs`` forward passes of a ``batch_size`` batch after ``warmup`` passes."""
+    """Time ``runs`` calls of ``runner(x)`` (any inference callable, e.g. from
+    :func:`partialnet.measure.runtimes.make_runner`) after ``warmup`` calls, and at least
+    ``min_seconds`` in all; ``runtime`` names what ran it in the result."""
     device = torch.device(device)
-    model = model.eval().to(device=device, dtype=dtype)
     x = torch.randn(batch_size, 3, input_size, input_size, device=device, dtype=dtype)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: list[float] = []
-    with torch.inference_mode():
-        for _ in range(max(0, warmup)):
-            model(x)
+    for _ in range(max(0, warmup)):
+        runner(x)
+    sync()
+    t_start = time.perf_counter()
+    while len(times) < runs or (time.perf_counter() - t_start) < min_seconds:
+        t0 = time.perf_counter()
+        runner(x)
         sync()
-        t_start = time.perf_counter()
-        while len(times) < runs or (time.perf_counter() - t_start) < min_seconds:
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
     return SpeedResult(
         batch_size=batch_size,
         input_size=input_size,
@@ -101,4 +125,5 @@ def time_forward(
         seconds_median=statistics.median(times),
         seconds_min=min(times),
         seconds_max=max(times),
+        runtime=runtime,
     )

@@ -14,27 +14,35 @@ Structure (module names are stable: deploy fusion and checkpoints rely on them):
         v2 (mixer_residual=True):   x = x + mixer(x); x + drop_path(mlp(x))       (PAT_sf)
     global_pool, conv_head (C4 -> 1280, no bias), head_act, flatten, head (Linear)
 
+timm's model API: ``forward_features``/``forward_head``, ``forward_intermediates`` (the four
+stage outputs), ``prune_intermediate_layers``, ``set_grad_checkpointing``, ``group_matcher``,
+``get_classifier``/``reset_classifier``, ``feature_info``; variants are built by timm's
+``build_model_with_cfg`` (``features_only=True`` works).
+
 Families differ only in widths, depths, per-stage mixers, activation and PAT_sp:
 PartialNet/PATNet use ('pat_ch', 'pat_ch', 'pat_ch', 'pat_sf'), FasterNet 'pconv' throughout.
 "FLOPs" in this project are multiply-adds (MACs), counted with fvcore.
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
 
 from partialnet.errors import UserError
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PATSpatial
-from partialnet.models.ratios_file import check_ratios, read_ratios_file
+from partialnet.models.module_utils import init_weights_
+from partialnet.models.ratios_file import check_per_block, resolve_model_ratios
+from partialnet.models.registry import TIMM_BUILD_KWARGS, build_with_timm
 
-__all__ = ["PartialBlock", "PartialStage", "PartialChannelNet", "build_variant"]
+__all__ = ["PartialBlock", "PartialStage", "PartialChannelNet", "build_variant", "variant_cfg"]
 
 
 def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -108,9 +116,13 @@ class PartialStage(nn.Module):
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
 
 
 class PartialChannelNet(nn.Module):
@@ -123,6 +135,7 @@ class PartialChannelNet(nn.Module):
         act_layer: 'gelu', 'relu' or an ``nn.Module`` class (MLP and head).
         split_ratio: global r (conv part = first ``floor(r*C + 0.5)`` channels).
         ratios: per-layer r, one per block in network order; overrides ``split_ratio``.
+        mlp_ratios: per-block MLP expansion (hidden = ``int(C * e)``); overrides ``mlp_ratio``.
         pat_sp: append PAT_sp to every MLP.
         num_heads: requested PAT_sf heads (see :func:`partialnet.models.layers.heads_for`).
         drop_path_rate: stochastic depth, linear 0 -> rate over all blocks, MLP branch only.
@@ -139,6 +152,7 @@ class PartialChannelNet(nn.Module):
         mlp_ratio: float = 2.0,
         split_ratio: float = 0.25,
         ratios: Sequence[float] | None = None,
+        mlp_ratios: Sequence[float] | None = None,
         pat_sp: bool = False,
         num_heads: int = 4,
         drop_path_rate: float = 0.0,
@@ -154,11 +168,10 @@ class PartialChannelNet(nn.Module):
         num_blocks = sum(depths)
         if ratios is None:
             ratios = [split_ratio] * num_blocks
-        elif len(ratios) != num_blocks:
-            raise UserError(
-                f"{len(ratios)} split ratios given but the model has {num_blocks} searchable layers "
-                f"(depths {tuple(depths)}); give one ratio per block"
-            )
+        check_per_block(ratios, depths, "split ratios", "the ratios list", type(self).__name__)
+        if mlp_ratios is None:
+            mlp_ratios = [mlp_ratio] * num_blocks
+        check_per_block(mlp_ratios, depths, "MLP ratios", "the mlp_ratios list", type(self).__name__)
         act = _act_layer(act_layer)
         dims = [int(embed_dim) * 2**i for i in range(len(depths))]
         dpr = torch.linspace(0, drop_path_rate, num_blocks).tolist() if num_blocks else []
@@ -175,7 +188,7 @@ class PartialChannelNet(nn.Module):
                     mixer, own_residual = _make_mixer(kind, dim, ratios[idx], num_heads)
                 except UserError as e:
                     raise UserError(f"layer {idx} (stage {i + 1}, block {j + 1}): {e}") from None
-                mlp = Mlp(dim, act, mlp_ratio, pat_sp)
+                mlp = Mlp(dim, act, mlp_ratios[idx], pat_sp)
                 blocks.append(PartialBlock(mixer, mlp, dpr[idx], mixer_residual=own_residual))
                 idx += 1
             stages.append(PartialStage(downsample, blocks))
@@ -190,16 +203,7 @@ class PartialChannelNet(nn.Module):
         self.head_act = act()
         self.flatten = nn.Flatten(1)
         self.head = nn.Linear(feature_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # Truncated at +-2 std. (With the common default bounds of +-2.0, absolute, the
-        # inverse-CDF sampler can return the bound itself, i.e. a stray weight of +-2.)
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02, a=-0.04, b=0.04)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        init_weights_(self)
 
     def searchable_splits(self) -> list[nn.Module]:
         """The split modules (PAT_ch / PAT_sf / PConv), one per block, in network order."""
@@ -219,8 +223,65 @@ class PartialChannelNet(nn.Module):
             raise UserError(f"global_pool {global_pool!r} is not supported; this head uses 'avg'")
         self.num_classes = num_classes
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
+        init_weights_(self.head)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise LR decay: stem, then stages (coarse) or blocks."""
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^conv_head", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (timm's convention): ``indices`` = last n stages (int), the listed ones, or all.
+
+        ``norm`` is accepted for API compatibility (this network has no final norm).
+        Returns the list alone with ``intermediates_only``, else ``(final features, list)``.
+        """
+        if output_fmt != "NCHW":
+            raise UserError(f"output_fmt {output_fmt!r} is not supported; use 'NCHW'")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last index in ``indices`` (and the head); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[: max_index + 1]
+        if prune_end:
+            self.num_features = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.conv_head, self.head_act = nn.Identity(), nn.Identity()
+            self.head_hidden_size = self.num_features
+            self.reset_classifier(0)
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
@@ -233,7 +294,26 @@ class PartialChannelNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+def variant_cfg(**kwargs) -> dict:
+    """The pretrained cfg every variant registers (224 px, ImageNet mean/std, bicubic, crop 0.9).
+
+    It describes the input of ImageNet-1k weights in this layout; the registered variants
+    host none (empty ``url``): ``pretrained=True`` reads a local file given as
+    ``pretrained_cfg_overlay=dict(file=PATH)``.
+    """
+    return dict(
+        url="",
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.9,
+        interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="stem.conv",
+        classifier="head",
+        **kwargs,
+    )
 
 
 def build_variant(name: str, defaults: dict, pretrained: bool = False, **kwargs) -> PartialChannelNet:
@@ -241,48 +321,19 @@ def build_variant(name: str, defaults: dict, pretrained: bool = False, **kwargs)
 
     Handles what every variant shares: ``ratios`` as a list or a ratios-file path (the
     file's ``model`` must be ``name``; its ``model_kwargs`` are a record and not applied),
-    the ratio count check, refusal of ``pretrained=True``, the kwargs timm's factory adds
-    and a timm-style ``pretrained_cfg``. ``None`` values mean "use the default", as in timm.
+    the ratio count check, and timm's factory arguments (``features_only``, ``out_indices``,
+    ``pretrained`` with a local ``pretrained_cfg_overlay=dict(file=PATH)``): the model is
+    built by timm's ``build_model_with_cfg``. ``None`` values mean "use the default", as in timm.
     """
-    for key in _TIMM_FACTORY_KWARGS:
+    build_kwargs = {key: kwargs.pop(key) for key in TIMM_BUILD_KWARGS if kwargs.get(key) is not None}
+    for key in TIMM_BUILD_KWARGS:
         kwargs.pop(key, None)
-    if pretrained:
-        raise UserError(
-            f"pretrained weights are not downloaded for {name!r}; load a checkpoint with eval.py ckpt=PATH instead"
-        )
     kwargs = {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}
-    ratios = kwargs.get("ratios")
-    if isinstance(ratios, (str, os.PathLike)):
-        info = read_ratios_file(ratios)
-        if info["model"] != name:
-            raise UserError(
-                f"ratios file {ratios} was searched for {info['model']!r}, not {name!r}; "
-                f"use model={info['model']} or a ratios file searched for {name}"
-            )
-        kwargs["ratios"], source = info["ratios"], f"ratios file {ratios}"
-    elif ratios is not None:
-        kwargs["ratios"], source = check_ratios(ratios, f"{name} ratios"), "the ratios list"
-    if "ratios" in kwargs:
-        n = sum(int(d) for d in kwargs["depths"])
-        if len(kwargs["ratios"]) != n:
-            raise UserError(
-                f"{source} has {len(kwargs['ratios'])} ratios but {name} has {n} searchable layers "
-                f"(depths {tuple(kwargs['depths'])}); give one ratio per block"
-            )
-    model = PartialChannelNet(**kwargs)
-    size = 32 if kwargs.get("small_input") else 224
-    stride = 16 if kwargs.get("small_input") else 32
-    model.pretrained_cfg = model.default_cfg = dict(
-        architecture=name,
-        url="",
-        num_classes=model.num_classes,
-        input_size=(kwargs.get("in_chans", 3), size, size),
-        pool_size=(size // stride, size // stride),
-        crop_pct=0.9 if size == 224 else 1.0,
-        interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        first_conv="stem.conv",
-        classifier="head",
-    )
+    kwargs = resolve_model_ratios(name, kwargs)
+    # small_input models take 32 px (stride 16); the cfg's channel count stays that of the
+    # weights (3), so timm adapts a pretrained stem to another in_chans.
+    overlay = dict(input_size=(3, 32, 32), pool_size=(2, 2), crop_pct=1.0) if kwargs.get("small_input") else {}
+    model = build_with_timm(PartialChannelNet, name, kwargs, pretrained=pretrained, cfg_overlay=overlay,
+                            **build_kwargs)
+    model.build_kwargs = dict(kwargs)  # the variant's constructor arguments (ratios files compare against them)
     return model

@@ -26,7 +26,7 @@ strided conv it replaces. ACmix supports the stride natively (strided query grid
 strided shift conv, see :mod:`partialnet.models.layers.acmix`).
 
 PAT_ch's conv on ``X_p`` is a dense 3x3 and its SRM conv a full ``C_u -> C_u`` (1, 2) conv
-(paper definition, fact sheet §1.6): inside MobileNetV2 they replace a *depthwise* conv
+(the paper's definition): inside MobileNetV2 they replace a *depthwise* conv
 (9 C params) by 9 C_p^2 + 2 C_u^2 params, so that host has 3.2x the params and 2x the MACs
 of MobileNetV2 (mostly in the 576/960-wide expansions).
 
@@ -47,6 +47,7 @@ from partialnet.errors import UserError
 from partialnet.models.layers.acmix import ACmix
 from partialnet.models.layers.pat import PATChannel
 from partialnet.models.layers.scconv import SCConv
+from partialnet.models.module_utils import replace_submodule
 from partialnet.models.registry import register_model
 
 __all__ = ["replace_convs", "is_dense_3x3", "is_depthwise_3x3"]
@@ -65,9 +66,7 @@ def replace_convs(model: nn.Module, predicate: Callable[[nn.Conv2d], bool],
     targets = [(name, mod) for name, mod in model.named_modules()
                if isinstance(mod, nn.Conv2d) and predicate(mod)]
     for name, conv in targets:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, factory(conv))
+        replace_submodule(model, name, factory(conv))
     return [name for name, _ in targets]
 
 

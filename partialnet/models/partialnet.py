@@ -7,24 +7,41 @@ first; PAT_sp is on by default (the paper); ``pat_sp=False`` gives the authors' 
 configs. Widths/depths: PartialNet from the authors' released configs, PATNet from FasterNet.
 
 Every variant accepts ``num_classes``, ``in_chans``, ``split_ratio``, ``ratios`` (list, one per
-block, or a ratios-file path), ``pat_sp``, ``drop_path_rate``, ``small_input`` and the other
-:class:`~partialnet.models.backbone.PartialChannelNet` arguments. Params / GMACs at 224
-(MACs = the papers' "FLOPs") are in design §3.1 and paper_facts §1.3.
+block, or a ratios-file path), ``pat_sp``, ``drop_path_rate``, ``small_input``, the other
+:class:`~partialnet.models.backbone.PartialChannelNet` arguments and timm's factory
+arguments (``features_only``, ``out_indices``, ``pretrained`` with a local file).
 """
 from __future__ import annotations
 
-from partialnet.models.backbone import PartialChannelNet, build_variant
+from timm.models import generate_default_cfgs
+
+from partialnet.models.backbone import PartialChannelNet, build_variant, variant_cfg
+from partialnet.models.fasternet import ARCHS as FASTERNET_ARCHS
 from partialnet.models.registry import register_model
 
-__all__ = ["PAT_MIXERS"]
+__all__ = ["PAT_MIXERS", "ARCHS"]
 
 PAT_MIXERS = ("pat_ch", "pat_ch", "pat_ch", "pat_sf")
 
+# name: (embed_dim, depths, act_layer, drop_path_rate). PartialNet: the authors' released
+# cfgs; PATNet: the PAT blocks on FasterNet's widths/depths/act/drop-path.
+ARCHS = {
+    "partialnet_t0": (32, (1, 2, 8, 2), "gelu", 0.0),
+    "partialnet_t1": (48, (1, 2, 8, 2), "gelu", 0.02),
+    "partialnet_t2": (64, (2, 2, 6, 4), "relu", 0.05),
+    "partialnet_s": (96, (2, 2, 9, 4), "relu", 0.1),
+    "partialnet_m": (128, (2, 3, 16, 4), "relu", 0.2),
+    "partialnet_l": (160, (2, 3, 20, 4), "relu", 0.3),
+    **{name.replace("fasternet", "patnet"): arch for name, arch in FASTERNET_ARCHS.items()},
+}
 
-def _pat_model(
-    name: str, embed_dim: int, depths: tuple, act_layer: str, drop_path_rate: float, kwargs: dict
-) -> PartialChannelNet:
+# No hosted weights (url/hf_hub_id empty): load a local file with pretrained_cfg_overlay=dict(file=PATH).
+default_cfgs = generate_default_cfgs({name: variant_cfg() for name in ARCHS})
+
+
+def _pat_model(name: str, kwargs: dict) -> PartialChannelNet:
     """Variant ``name``: its size/act/drop-path defaults, overridden by the user's ``kwargs``."""
+    embed_dim, depths, act_layer, drop_path_rate = ARCHS[name]
     defaults = dict(
         embed_dim=embed_dim,
         depths=depths,
@@ -38,63 +55,61 @@ def _pat_model(
     return build_variant(name, defaults, **kwargs)
 
 
-# PartialNet: widths/depths/act/drop-path of the authors' released cfgs (design §3.1).
 @register_model
 def partialnet_t0(**kwargs) -> PartialChannelNet:
-    return _pat_model("partialnet_t0", 32, (1, 2, 8, 2), "gelu", 0.0, kwargs)
+    return _pat_model("partialnet_t0", kwargs)
 
 
 @register_model
 def partialnet_t1(**kwargs) -> PartialChannelNet:
-    return _pat_model("partialnet_t1", 48, (1, 2, 8, 2), "gelu", 0.02, kwargs)
+    return _pat_model("partialnet_t1", kwargs)
 
 
 @register_model
 def partialnet_t2(**kwargs) -> PartialChannelNet:
-    return _pat_model("partialnet_t2", 64, (2, 2, 6, 4), "relu", 0.05, kwargs)
+    return _pat_model("partialnet_t2", kwargs)
 
 
 @register_model
 def partialnet_s(**kwargs) -> PartialChannelNet:
-    return _pat_model("partialnet_s", 96, (2, 2, 9, 4), "relu", 0.1, kwargs)
+    return _pat_model("partialnet_s", kwargs)
 
 
 @register_model
 def partialnet_m(**kwargs) -> PartialChannelNet:
-    return _pat_model("partialnet_m", 128, (2, 3, 16, 4), "relu", 0.2, kwargs)
+    return _pat_model("partialnet_m", kwargs)
 
 
 @register_model
 def partialnet_l(**kwargs) -> PartialChannelNet:
-    return _pat_model("partialnet_l", 160, (2, 3, 20, 4), "relu", 0.3, kwargs)
+    return _pat_model("partialnet_l", kwargs)
 
 
-# PATNet: the PAT blocks on FasterNet's widths/depths/act/drop-path (paper_facts §1.3).
 @register_model
 def patnet_t0(**kwargs) -> PartialChannelNet:
-    return _pat_model("patnet_t0", 40, (1, 2, 8, 2), "gelu", 0.0, kwargs)
+    return _pat_model("patnet_t0", kwargs)
 
 
 @register_model
 def patnet_t1(**kwargs) -> PartialChannelNet:
-    return _pat_model("patnet_t1", 64, (1, 2, 8, 2), "gelu", 0.02, kwargs)
+    return _pat_model("patnet_t1", kwargs)
 
 
 @register_model
 def patnet_t2(**kwargs) -> PartialChannelNet:
-    return _pat_model("patnet_t2", 96, (1, 2, 8, 2), "relu", 0.05, kwargs)
+    return _pat_model("patnet_t2", kwargs)
 
 
 @register_model
 def patnet_s(**kwargs) -> PartialChannelNet:
-    return _pat_model("patnet_s", 128, (1, 2, 13, 2), "relu", 0.1, kwargs)
+    return _pat_model("patnet_s", kwargs)
 
 
 @register_model
 def patnet_m(**kwargs) -> PartialChannelNet:
-    return _pat_model("patnet_m", 144, (3, 4, 18, 3), "relu", 0.2, kwargs)
+    return _pat_model("patnet_m", kwargs)
 
 
 @register_model
 def patnet_l(**kwargs) -> PartialChannelNet:
-    return _pat_model("patnet_l", 192, (3, 4, 18, 3), "relu", 0.3, kwargs)
+    return _pat_model("patnet_l", kwargs)

@@ -30,7 +30,7 @@ LOSSES = ("squared", "hinge")
 
 
 def flops_loss(expected: torch.Tensor, target: float, kind: str = "squared", weight: float = 1.0) -> torch.Tensor:
-    """Constraint loss on the expected MACs ``expected`` (a scalar tensor) for ``target`` MACs."""
+    """Constraint loss on the cost ``expected`` (a scalar tensor, E[F] or the argmax's) for ``target``."""
     rel = expected / float(target) - 1.0
     if kind == "squared":
         return float(weight) * rel * rel

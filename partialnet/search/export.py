@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from partialnet.measure.count import count
-from partialnet.models.ratios_file import write_ratios_file
+from partialnet.models.ratios_file import non_default_kwargs, write_ratios_file
 from partialnet.models.registry import create_model
 from partialnet.search.constraint import argmax_choice, project_to_band
 from partialnet.search.cost_model import CostTable
@@ -75,23 +75,6 @@ def final_choice(
         choice=list(choice), ratios=ratios, macs=cost.macs_of(choice), argmax_macs=arg_macs, projection_used=used,
         in_band=in_band, changed_layers=[l for l, (a, b) in enumerate(zip(arg, choice)) if a != b],
     )
-
-
-def non_default_kwargs(name: str, kwargs: dict) -> dict:
-    """The subset of ``kwargs`` that changes ``create_model(name)`` (compared by module structure)."""
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("ratios", "split_ratio") and v is not None}
-    if not kwargs:
-        return {}
-    torch_state = torch.random.get_rng_state()
-    try:
-        default = repr(create_model(name))
-        out = {}
-        for key, value in kwargs.items():
-            if repr(create_model(name, **{key: value})) != default:
-                out[key] = value
-    finally:
-        torch.random.set_rng_state(torch_state)
-    return {k: (bool(v) if isinstance(v, bool) or type(v).__name__ == "_AutoTrue" else v) for k, v in out.items()}
 
 
 def config_hash(resolved: dict) -> str:

@@ -3,8 +3,9 @@
 - The backbone is the supernet (``partialnet.search.supernet``); the architecture logits
   ``arch_logits`` (L, K) live on this module, **outside** ``self.model``, so the weights'
   optimiser (timm's factory on ``self.model``, weight decay as configured) never sees them.
-  They get their own Adam (no weight decay, ``search.arch_lr``).
-- Manual optimisation: one forward/backward per batch on ``CE + constraint``; the weights'
+  They get their own optimiser (``search.arch_optimizer``: Adam or SGD with momentum; no weight
+  decay, ``search.arch_lr``).
+- Manual optimisation: one forward/backward per batch on ``CE + constraint (+ entropy)``; the weights'
   optimiser steps (and its per-step LR schedule), then -- after ``search.warmup_epochs`` -- the
   architecture optimiser. The latter is stepped through the strategy (precision plugin
   included) but not counted as a training step, so ``global_step`` stays "batches trained"
@@ -14,6 +15,13 @@
   (``search.warmup_sampling=uniform``).
 - Search epochs sample a Gumbel-Softmax architecture per batch (hard straight-through by
   default) at the temperature ``temperature_at(progress)``, a pure function of the step.
+- The exported architecture is the argmax, so the argmax has to meet the budget: with
+  ``search.argmax_constraint`` the loss moves from E[F] to the argmax's cost over the search
+  (straight-through: the argmax's exact MACs as the value, E[F]'s gradient), and that term's
+  weight ``lambda_scale`` rises x1.1 per step while the argmax misses half the tolerance band
+  and decays back to 1 inside it (dual ascent; a persistent buffer, so resume stays exact).
+  With a constraint on E[F] alone, E[F] met the target while the argmax sat at the dearest
+  configuration (+11-14 %). ``search.entropy_weight`` adds an optional late entropy penalty.
 - Validation (and ``forward``) always runs the argmax one-hot architecture (the warm-up one
   during warm-up): the same masked operator as in training, exactly the static model.
 - Randomness: the parent re-seeds the global RNGs per (seed, epoch, rank), so Gumbel noise
@@ -73,6 +81,10 @@ class SearchModule(ClassificationModule):
         self.tau_schedule = str(s.get("tau_schedule", "exponential"))
         self.arch_lr = float(s.get("arch_lr", 0.01))
         self.arch_betas = tuple(float(b) for b in s.get("arch_betas", (0.9, 0.999)))
+        self.entropy_weight = float(s.get("entropy_weight", 0.0))
+        self.argmax_constraint = bool(s.get("argmax_constraint", True))
+        self.arch_optimizer = str(s.get("arch_optimizer", "adam"))
+        self.tolerance = float(s.get("tolerance", 0.03))
         self.grad_clip_val = gradient_clip_val
         self.grad_clip_algorithm = gradient_clip_algorithm
 
@@ -80,6 +92,7 @@ class SearchModule(ClassificationModule):
         self.arch_logits = nn.Parameter(torch.zeros(n_layers, n_cand))
         self.register_buffer("arch_valid", torch.tensor([sp.valid for sp in specs], dtype=torch.bool), persistent=False)
         self.register_buffer("cost_table", cost.tensor(), persistent=False)
+        self.register_buffer("lambda_scale", torch.ones((), dtype=torch.float64))  # checkpointed: exact resume
         self.reference_choice = [sp.reference_index(cost.reference_ratio) for sp in specs]
         self._masked = masked_modules(model, specs)  # plain list: not registered twice
         self._step_counts: tuple[int, int] | None = None
@@ -108,10 +121,36 @@ class SearchModule(ClassificationModule):
             self._step_counts = (total, (total // epochs) * self.warmup_epochs)
         return self._step_counts
 
-    def temperature(self) -> float:
+    def search_progress(self) -> float:
+        """0 at the first search step, 1 at the last (clamped)."""
         total, warm = self._steps()
-        progress = (self.global_step - warm) / max(1, total - warm - 1)
-        return temperature_at(progress, self.tau_start, self.tau_end, self.tau_schedule)
+        return min(1.0, max(0.0, (self.global_step - warm) / max(1, total - warm - 1)))
+
+    def temperature(self) -> float:
+        return temperature_at(self.search_progress(), self.tau_start, self.tau_end, self.tau_schedule)
+
+    def argmax_macs_st(self) -> torch.Tensor:
+        """MACs of the argmax architecture (value) with the gradient of E[F] (straight-through)."""
+        p = self.probs()
+        choice = argmax_choice(self.arch_logits, self.arch_valid, self.reference_choice)
+        onehot = onehot_weights(self.specs, choice, p.device).to(p.dtype)
+        return self.cost.expected(onehot + (p - p.detach()), self.cost_table)
+
+    def _update_lambda_scale(self, rel: float) -> None:
+        """Dual ascent on the argmax term's weight: x1.1 per step while the argmax's cost is outside
+        half the tolerance band, back towards 1 (x0.95) inside it. How strongly the cross-entropy
+        pulls towards dear candidates depends on the problem; a fixed lambda loses on some."""
+        if abs(rel) > 0.5 * self.tolerance:
+            self.lambda_scale.mul_(1.1).clamp_(max=1e6)
+        else:
+            self.lambda_scale.mul_(0.95).clamp_(min=1.0)
+
+    def mean_entropy(self) -> torch.Tensor:
+        """Mean over layers of the normalised entropy of p_l (1 = uniform, 0 = one-hot)."""
+        p = self.probs()
+        h = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)
+        n = self.arch_valid.sum(dim=-1).clamp_min(2).to(p.dtype)
+        return (h / torch.log(n)).mean()
 
     def _sample(self, tau: float) -> tuple[torch.Tensor, list[int] | None]:
         if self.is_searching():
@@ -143,9 +182,21 @@ class SearchModule(ClassificationModule):
             logits = self._train_forward(x)
         ce = self.train_loss_fn(logits, target)
         expected = self.expected_macs()
-        constraint = flops_loss(expected, self.target_macs, self.loss_kind, self.loss_weight).to(ce.dtype)
+        constraint = flops_loss(expected, self.target_macs, self.loss_kind, self.loss_weight)
+        progress = self.search_progress()
+        if self.argmax_constraint and searching:
+            # The exported architecture is the argmax: the loss moves from E[F] to the argmax's cost
+            # (straight-through: its exact value, E[F]'s gradient) with the search progress, and its
+            # weight rises while the argmax misses half the tolerance band (dual ascent).
+            on_argmax = self.argmax_macs_st()
+            scale = float(self.lambda_scale)
+            constraint = (1.0 - progress) * constraint + progress * scale * flops_loss(
+                on_argmax, self.target_macs, self.loss_kind, self.loss_weight)
+            self._update_lambda_scale(float(on_argmax.detach()) / self.target_macs - 1.0)
+        entropy = self.mean_entropy()
+        arch_loss = constraint.to(ce.dtype) + (self.entropy_weight * progress) * entropy.to(ce.dtype)
         # During warm-up the logits take no part (0 x keeps DDP's "every parameter used" happy).
-        loss = ce + (constraint if searching else 0.0 * constraint)
+        loss = ce + (arch_loss if searching else 0.0 * arch_loss)
         if not torch.isfinite(loss):
             raise UserError(
                 f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
@@ -175,8 +226,10 @@ class SearchModule(ClassificationModule):
         self.log("search/tau", tau, on_step=True, on_epoch=False, batch_size=bs)
         self.log("search/expected_gmacs", expected.detach().float() / 1e9, on_step=True, on_epoch=True,
                  prog_bar=True, batch_size=bs, sync_dist=True)
-        self.log("search/constraint_loss", constraint.detach(), on_step=True, on_epoch=True, batch_size=bs,
+        self.log("search/constraint_loss", constraint.detach().float(), on_step=True, on_epoch=True, batch_size=bs,
                  sync_dist=True)
+        self.log("search/entropy", entropy.detach().float(), on_step=True, on_epoch=True, batch_size=bs)
+        self.log("search/lambda_scale", float(self.lambda_scale), on_step=True, on_epoch=False, batch_size=bs)
         self.log("search/active", float(searching), on_step=True, on_epoch=False, batch_size=bs)
         self._log_arch(on_step=True, batch_size=bs)
         return loss
@@ -207,7 +260,10 @@ class SearchModule(ClassificationModule):
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
         opt_w = build_optimizer(self.model, self.optim_cfg, self.lr)
-        opt_a = torch.optim.Adam([self.arch_logits], lr=self.arch_lr, betas=self.arch_betas, weight_decay=0.0)
+        if self.arch_optimizer == "sgd":  # steps proportional to the gradient: dear layers move first
+            opt_a = torch.optim.SGD([self.arch_logits], lr=self.arch_lr, momentum=self.arch_betas[0], weight_decay=0.0)
+        else:
+            opt_a = torch.optim.Adam([self.arch_logits], lr=self.arch_lr, betas=self.arch_betas, weight_decay=0.0)
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, int(self.trainer.max_epochs or 1))
         steps_per_epoch = max(1, total // epochs)

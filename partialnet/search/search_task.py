@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from partialnet.errors import UserError
@@ -26,17 +25,16 @@ from partialnet.search.gumbel import SCHEDULES, temperature_at
 from partialnet.search.search_module import SearchModule
 from partialnet.search.supernet import DEFAULT_CANDIDATES, layer_specs, parse_candidates, to_supernet
 from partialnet.training import builders
-from partialnet.training.callbacks import StopAfterEpoch
-from partialnet.training.loggers import build_loggers
-from partialnet.training.multiscale import max_resolution, validate_schedule
-from partialnet.training.train_task import _finish_wandb, run_dir_of
+from partialnet.training.classifier import module_kwargs_from_config
+from partialnet.training.run import RunParts, run
+from partialnet.utils.distributed import is_rank_zero
 
 log = logging.getLogger("partialnet")
 
 _SEARCH_KEYS = {
     "candidates", "flops_target", "flops_ratio", "reference_ratio", "input_size", "lambda", "loss", "tolerance",
     "hard", "tau_start", "tau_end", "tau_schedule", "warmup_epochs", "warmup_sampling", "arch_lr", "arch_betas",
-    "num_heads",
+    "num_heads", "entropy_weight", "argmax_constraint", "arch_optimizer",
 }
 
 
@@ -53,6 +51,10 @@ def _check_search_cfg(s: dict, max_epochs: int) -> None:
         raise UserError(f"search.warmup_sampling={s.get('warmup_sampling')!r}; use fixed or uniform")
     if not float(s.get("lambda", 0)) >= 0:
         raise UserError(f"search.lambda={s.get('lambda')} must be >= 0")
+    if s.get("arch_optimizer", "adam") not in ("adam", "sgd"):
+        raise UserError(f"search.arch_optimizer={s.get('arch_optimizer')!r} is unknown; choose adam or sgd")
+    if not float(s.get("entropy_weight", 0)) >= 0:
+        raise UserError(f"search.entropy_weight={s.get('entropy_weight')} must be >= 0 (0 = no entropy penalty)")
     if not float(s.get("arch_lr", 0)) > 0:
         raise UserError(f"search.arch_lr={s.get('arch_lr')} must be > 0 (e.g. 0.01)")
     tol = float(s.get("tolerance", 0.03))
@@ -68,8 +70,6 @@ def _check_search_cfg(s: dict, max_epochs: int) -> None:
 
 def search(cfg: DictConfig) -> dict:
     """Run the DPConv search per ``cfg``; returns the final metrics plus the export summary."""
-    run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     s = OmegaConf.to_container(cfg.search, resolve=True)
     max_epochs = cfg.trainer.get("max_epochs")
     if not isinstance(max_epochs, int) or max_epochs < 1:
@@ -78,94 +78,62 @@ def search(cfg: DictConfig) -> dict:
     candidates = parse_candidates(s.get("candidates") or list(DEFAULT_CANDIDATES))
     if int(cfg.trainer.get("accumulate_grad_batches", 1) or 1) != 1:
         raise UserError("trainer.accumulate_grad_batches must be 1 for the search (it steps two optimisers per batch)")
-    if cfg.ema.get("decay") is not None:
-        raise UserError("EMA is not supported by the search; use ema=none (the retrain can use EMA)")
-    builders.check_trainer_cfg(cfg)
-    schedule = validate_schedule(OmegaConf.to_container(cfg.multiscale) if cfg.multiscale else None)
-    pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
+    state: dict = {}
 
-    dm = builders.build_datamodule(cfg.data)
-    image_size = int(cfg.data.get("image_size", 224))
-    if schedule and max_resolution(schedule, image_size) > image_size:
-        raise UserError(f"multiscale {schedule} asks for more than data.image_size={image_size}")
-    num_classes = int(dm.num_classes)
-    model_kwargs = builders.model_kwargs_from_cfg(cfg.model, num_classes, image_size)
-    if model_kwargs.get("ratios") is not None:
-        raise UserError("model.ratios is set, but the search chooses the ratios itself; remove model.ratios")
-    model_name = str(cfg.model.name)
-    model = builders.build_model(model_name, model_kwargs)
-    if not hasattr(model, "searchable_splits"):
-        raise UserError(f"model {model_name!r} has no searchable splits; search a partialnet_*, patnet_* or fasternet_* model")
+    def build_module(parts: RunParts) -> SearchModule:
+        model_kwargs = builders.model_kwargs_from_cfg(cfg.model, parts.num_classes, parts.image_size)
+        if model_kwargs.get("ratios") is not None:
+            raise UserError("model.ratios is set, but the search chooses the ratios itself; remove model.ratios")
+        model_name = str(cfg.model.name)
+        model = builders.build_model(model_name, model_kwargs)
+        if not hasattr(model, "searchable_splits"):
+            raise UserError(f"model {model_name!r} has no searchable splits; search a partialnet_*, patnet_* or fasternet_* model")
 
-    # ---- cost table, target, feasibility: before any training
-    input_size = int(s.get("input_size") or image_size)
-    specs = layer_specs(model, candidates, num_heads=s.get("num_heads"))
-    cost = build_cost_table(model, specs, input_size, float(s.get("reference_ratio", 0.25)))
-    target = resolve_target(cost, s.get("flops_target"), s.get("flops_ratio"))
-    tol = float(s.get("tolerance", 0.03))
-    check_reachable(cost, target, tol)
-    msg = (f"search: {model_name} @ {input_size}px, {len(specs)} layers, candidates {candidates}; target "
-           f"{target / 1e9:.4g} GMACs (MACs = the papers' FLOPs), feasible {cost.min_macs / 1e9:.4g}-"
-           f"{cost.max_macs / 1e9:.4g}, r={cost.reference_ratio:g} model {cost.reference_macs / 1e9:.4g}")
-    log.info(msg)
-    if builders.is_rank_zero():
-        print(msg, flush=True)
+        # ---- cost table, target, feasibility: before any training
+        input_size = int(s.get("input_size") or parts.image_size)
+        specs = layer_specs(model, candidates, num_heads=s.get("num_heads"))
+        cost = build_cost_table(model, specs, input_size, float(s.get("reference_ratio", 0.25)))
+        target = resolve_target(cost, s.get("flops_target"), s.get("flops_ratio"))
+        tol = float(s.get("tolerance", 0.03))
+        check_reachable(cost, target, tol)
+        msg = (f"search: {model_name} @ {input_size}px, {len(specs)} layers, candidates {candidates}; target "
+               f"{target / 1e9:.4g} GMACs (MACs = the papers' FLOPs), feasible {cost.min_macs / 1e9:.4g}-"
+               f"{cost.max_macs / 1e9:.4g}, r={cost.reference_ratio:g} model {cost.reference_macs / 1e9:.4g}")
+        log.info(msg)
+        if is_rank_zero():
+            print(msg, flush=True)
 
-    to_supernet(model, candidates, num_heads=s.get("num_heads"))
-    spec = {"name": model_name, "kwargs": {k: (bool(v) if k == "small_input" else v) for k, v in model_kwargs.items()}}
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    module = SearchModule(
-        model,
-        specs=specs,
-        cost=cost,
-        target_macs=target,
-        search=s,
-        gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
-        gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm") or "norm",
-        num_classes=num_classes,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        sched=OmegaConf.to_container(cfg.sched, resolve=True),
-        aug=OmegaConf.to_container(cfg.aug, resolve=True),
-        ema=None,
-        global_batch_size=int(cfg.data.batch_size),
-        image_size=image_size,
-        multiscale=[list(e) for e in schedule] or None,
-        channels_last=bool(cfg.channels_last),
-        compile=False,  # the supernet's per-step architecture switches do not suit torch.compile
-        seed=int(cfg.seed),
-        model_spec=spec,
-    )
-    module.run_config = resolved
-    if builders.is_rank_zero():
-        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        to_supernet(model, candidates, num_heads=s.get("num_heads"))
+        spec = {"name": model_name, "kwargs": {k: (bool(v) if k == "small_input" else v) for k, v in model_kwargs.items()}}
+        module_kwargs = module_kwargs_from_config(parts.config, spec, parts.num_classes, parts.image_size)
+        module_kwargs.pop("model")
+        module_kwargs.update(compile=False,  # the supernet's per-step architecture switches do not suit torch.compile
+                             model_spec=spec)
+        state.update(specs=specs, cost=cost, target=target, tol=tol, model_name=model_name, model_kwargs=model_kwargs)
+        return SearchModule(
+            model,
+            specs=specs,
+            cost=cost,
+            target_macs=target,
+            search=s,
+            gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
+            gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm") or "norm",
+            **module_kwargs,
+        )
 
-    loggers = build_loggers(cfg.get("logger"), run_dir, resolved)
-    callbacks = builders.build_callbacks(cfg.callbacks, run_dir)
-    if cfg.get("stop_after_epoch"):
-        callbacks.append(StopAfterEpoch(int(cfg.stop_after_epoch)))
-    # Lightning refuses automatic clipping with manual optimisation: the module clips itself.
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["gradient_clip_val"] = None
-    trainer = builders.build_trainer(trainer_cfg, callbacks, loggers, run_dir)
-    ckpt_path = builders.resolve_ckpt_path(cfg.ckpt_path, run_dir)
-    if ckpt_path:
-        print(f"resuming from {ckpt_path}", flush=True)
-    result: dict = {}
-    try:
-        builders.fit(trainer, module, dm, ckpt_path,
-                     "this search (another model or other candidates?); use a new run_name or ckpt_path=null")
-        result = builders.scalar_metrics(trainer)
+    def after_fit(trainer, module: SearchModule, parts: RunParts, loggers) -> dict:
         finished = trainer.current_epoch >= max_epochs and not trainer.interrupted
         if trainer.is_global_zero and finished:
-            result.update(_export(resolved, run_dir, module, specs, cost, target, tol, model_name, model_kwargs, loggers))
-        elif trainer.is_global_zero:
+            return _export(parts.config, parts.run_dir, module, state["specs"], state["cost"], state["target"],
+                           state["tol"], state["model_name"], state["model_kwargs"], loggers)
+        if trainer.is_global_zero:
             print(f"search stopped at epoch {trainer.current_epoch} of {max_epochs}: no ratios.yaml yet; "
-                  f"re-launch into {run_dir} (same run_name) to continue", flush=True)
-    finally:
-        _finish_wandb(loggers)
-    if trainer.is_global_zero:
-        print(f"run dir: {run_dir}", flush=True)
-    return result
+                  f"re-launch into {parts.run_dir} (same run_name) to continue", flush=True)
+        return {}
+
+    # Lightning refuses automatic clipping with manual optimisation: the module clips itself.
+    return run(cfg, build_module, after_fit=after_fit, trainer_overrides={"gradient_clip_val": None},
+               mismatch_hint="this search (another model or other candidates?); use a new run_name or ckpt_path=null")
 
 
 def _export(resolved, run_dir: Path, module: SearchModule, specs, cost, target, tol, model_name, model_kwargs,

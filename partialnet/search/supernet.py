@@ -48,11 +48,13 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d, trunc_normal_
+from timm.layers import LayerNorm2d
 
 from partialnet.errors import UserError
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, StatsBatchNorm2d, conv_channels, heads_for
 from partialnet.models.layers.rpe import EuclideanRPE
+from partialnet.models.layers.srm_stats import srm_statistics
+from partialnet.models.module_utils import init_weights_, replace_submodule
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -198,15 +200,6 @@ def _masked_layer_norm2d(ln: LayerNorm2d, x: torch.Tensor, a: torch.Tensor) -> t
     return y * ln.weight.view(1, -1, 1, 1) + ln.bias.view(1, -1, 1, 1)
 
 
-def _init_like_backbone(module: nn.Module) -> None:
-    """The backbone's init: trunc-normal(0.02, +-2 std) conv/linear weights, zero biases."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02, a=-0.04, b=0.04)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
 class _MaskedSplit(nn.Module):
     """Shared machinery: candidate widths, the cumulative mask, the conv side and the output mix."""
 
@@ -273,7 +266,7 @@ class MaskedPartialConv(_MaskedSplit):
 
     def __init__(self, spec: LayerSpec):
         super().__init__(spec)
-        _init_like_backbone(self)
+        init_weights_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self._band_mask(x)
@@ -294,17 +287,11 @@ class MaskedPATChannel(_MaskedSplit):
         self.srm_norm = StatsBatchNorm2d(u)
         self.srm_gate = nn.Hardsigmoid()
         self.norm = nn.BatchNorm2d(u)
-        _init_like_backbone(self)
+        init_weights_(self)
 
     def _stats(self, x_u: torch.Tensor) -> torch.Tensor:
         """[mean, std] per channel, (B, c, 1, 2), as PATChannel.channel_gate computes them."""
-        flat = x_u.flatten(2)
-        if flat.shape[-1] > 1:
-            var, mean = torch.var_mean(flat, dim=-1, correction=1)
-        else:
-            mean = flat.mean(dim=-1)
-            var = torch.zeros_like(mean)
-        std = (var + self.std_eps).sqrt()
+        mean, std = srm_statistics(x_u, self.std_eps)
         return torch.stack((mean, std), dim=-1).unsqueeze(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -340,7 +327,7 @@ class MaskedPATSelf(_MaskedSplit):
         self.attn_drop = nn.Dropout(float(ex["attn_drop"]))
         self.proj = nn.Linear(u, u)
         self.proj_drop = nn.Dropout(float(ex["proj_drop"]))
-        _init_like_backbone(self)
+        init_weights_(self)
 
     def _core(self, q, k, v, c: int, height: int, width: int) -> torch.Tensor:
         """Candidate c's attention on its trailing C - k_c channels; returns (B, N, C - k_c)."""
@@ -463,12 +450,6 @@ def _num_heads_request(split: PATSelf, num_heads: int | None, where: str) -> int
     return int(req)
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, module)
-
-
 def layer_specs(
     model: nn.Module, candidates: Sequence[float] = DEFAULT_CANDIDATES, num_heads: int | None = None
 ) -> list[LayerSpec]:
@@ -518,7 +499,7 @@ def to_supernet(
         ref = next(p for p in split.parameters())
         masked.to(device=ref.device, dtype=ref.dtype)
         masked.train(split.training)
-        _set_submodule(model, spec.name, masked)
+        replace_submodule(model, spec.name, masked)
     return specs
 
 
@@ -546,7 +527,7 @@ def extract_static(model: nn.Module, specs: Sequence[LayerSpec], choice: Sequenc
         split.to(device=ref.device, dtype=ref.dtype)
         copy_masked_to_static(masked, split)
         split.train(masked.training)
-        _set_submodule(static, spec.name, split)
+        replace_submodule(static, spec.name, split)
     return static
 
 

@@ -1,42 +1,20 @@
 """Build the pieces of a run from the composed Hydra config: data, model, module, trainer."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from partialnet.errors import UserError
+from partialnet.models import ratios_file
 from partialnet.models.registry import create_model
 from partialnet.training.checkpoint_io import AtomicCheckpointIO
+from partialnet.utils.instantiate import instantiate_config
 
 # Model-config keys passed to the constructor when not null (`kwargs` is merged in as-is).
-_MODEL_KEYS = ("split_ratio", "ratios", "pat_sp", "drop_path_rate", "small_input")
-
-
-def world_size_of(trainer_cfg) -> int:
-    """Number of processes the trainer config asks for (devices x nodes)."""
-    devices = trainer_cfg.get("devices", 1)
-    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
-    if isinstance(devices, str):
-        if devices in ("auto", "-1"):
-            n = torch.cuda.device_count() if _wants_gpu(trainer_cfg) else 1
-        elif "," in devices:
-            n = len([d for d in devices.split(",") if d.strip()])
-        elif devices.isdigit():
-            n = int(devices)
-        else:
-            raise UserError(f"trainer.devices={devices!r} is not a number, list or 'auto'")
-    elif isinstance(devices, int):
-        n = torch.cuda.device_count() if devices == -1 else devices
-    else:  # list of device ids
-        n = len(list(devices))
-    if n < 1:
-        raise UserError(f"trainer.devices={devices!r} gives no device; use trainer.devices=1")
-    return max(1, n) * nodes
+_MODEL_KEYS = ratios_file.MODEL_CFG_KEYS
 
 
 def _wants_gpu(trainer_cfg) -> bool:
@@ -45,7 +23,10 @@ def _wants_gpu(trainer_cfg) -> bool:
 
 
 def check_trainer_cfg(cfg: DictConfig) -> None:
-    """Validate/adjust trainer settings before anything is built (mutates cfg.trainer)."""
+    """Validate/adjust run settings before anything is built (mutates cfg.trainer).
+
+    The CUDA-only switches (precision 16/bf16, sync-BN, compile) fall back on CPU with a one-line
+    warning each; ``channels_last`` works on both (on CPU it makes the training step faster)."""
     t = cfg.trainer
     acc = str(t.get("accelerator", "auto"))
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -58,10 +39,16 @@ def check_trainer_cfg(cfg: DictConfig) -> None:
     if not on_gpu and t.get("sync_batchnorm"):
         warnings.warn("trainer.sync_batchnorm needs CUDA (torch's SyncBatchNorm); off on CPU", stacklevel=2)
         t.sync_batchnorm = False
-    world = world_size_of(t)
+    if not on_gpu and cfg.get("compile"):
+        warnings.warn("compile=true needs a CUDA GPU; ignored on CPU", stacklevel=2)
     gb = int(cfg.data.batch_size)
     if gb <= 0:
         raise UserError(f"data.batch_size={gb} must be > 0 (it is the GLOBAL batch)")
+
+
+def check_global_batch(cfg: DictConfig, world: int) -> None:
+    """The global batch against the trainer's world size (asked from the built Trainer)."""
+    gb = int(cfg.data.batch_size)
     if gb % world:
         raise UserError(
             f"data.batch_size={gb} (global) is not divisible by {world} processes "
@@ -74,17 +61,7 @@ def check_trainer_cfg(cfg: DictConfig) -> None:
 
 
 def build_datamodule(data_cfg):
-    try:
-        return instantiate(data_cfg, _convert_="all")
-    except UserError:
-        raise
-    except Exception as e:  # Hydra wraps constructor errors in InstantiationException
-        cause = e.__cause__ or e.__context__
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise
+    return instantiate_config(data_cfg, "data", _convert_="all")
 
 
 def model_kwargs_from_cfg(model_cfg, num_classes: int, image_size: int) -> dict:
@@ -101,36 +78,9 @@ def model_kwargs_from_cfg(model_cfg, num_classes: int, image_size: int) -> dict:
     return kwargs
 
 
-# Constructor defaults that a ratios file's `model_kwargs` leaves out (it lists only non-defaults).
-_RATIOS_KWARG_DEFAULTS = {"small_input": False}
-
-
 def check_ratios_file_fits(name: str, kwargs: dict) -> None:
     """A ratios.yaml must be retrained with the constructor arguments it was searched with."""
-    path = kwargs.get("ratios")
-    if not isinstance(path, str):
-        return
-    from partialnet.models.ratios_file import read_ratios_file
-
-    spec = read_ratios_file(path)
-    searched = dict(spec.get("model_kwargs") or {})
-    searched.pop("num_classes", None)  # the data decides the classes
-    for key, default in _RATIOS_KWARG_DEFAULTS.items():
-        searched.setdefault(key, default)
-    for key, want in searched.items():
-        if key in kwargs:
-            have = kwargs[key]
-        elif key in _RATIOS_KWARG_DEFAULTS:
-            have = _RATIOS_KWARG_DEFAULTS[key]
-        else:
-            have = "its default"
-        if have != want:
-            fix = str(want).lower() if isinstance(want, bool) else want
-            where = f"model.{key}" if key in ("small_input", "pat_sp", "drop_path_rate", "split_ratio") else f"+model.kwargs.{key}"
-            raise UserError(
-                f"ratios file {path} was searched with {key}={want!r} but this run builds {name} with "
-                f"{key}={have!r}; set {where}={fix} (or search again for this setting)"
-            )
+    ratios_file.check_ratios_file_fits(name, kwargs)
 
 
 def build_model(name: str, kwargs: dict) -> torch.nn.Module:
@@ -146,40 +96,12 @@ def build_model(name: str, kwargs: dict) -> torch.nn.Module:
         raise
 
 
-def build_callbacks(cb_cfg, run_dir: Path) -> list:
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-
-    cb_cfg = OmegaConf.to_container(cb_cfg, resolve=True) if OmegaConf.is_config(cb_cfg) else dict(cb_cfg or {})
-    callbacks = []
-    ckpt_dir = str(run_dir / "checkpoints")
-    last = cb_cfg.get("checkpoint")
-    if last is not None:
-        last = dict(last)
-        if last.get("every_n_train_steps"):
-            last["every_n_epochs"] = None
-        # monitor=None + a fixed file name: the newest state always replaces last.ckpt.
-        callbacks.append(
-            ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, save_last=False,
-                            enable_version_counter=False, **last)
-        )
-    best = cb_cfg.get("best_checkpoint")
-    if best is not None:
-        callbacks.append(
-            ModelCheckpoint(dirpath=ckpt_dir, filename="best-epoch{epoch:03d}-acc{val/acc1:.2f}",
-                            auto_insert_metric_name=False, save_last=False, **dict(best))
-        )
-    if cb_cfg.get("lr_monitor") is not None:
-        callbacks.append(LearningRateMonitor(**cb_cfg["lr_monitor"]))
-    if cb_cfg.get("progress_bar") is not None:
-        callbacks.append(TQDMProgressBar(**cb_cfg["progress_bar"]))
-    return callbacks
-
-
 def build_trainer(trainer_cfg, callbacks: list, loggers: list, run_dir: Path):
     t = OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else dict(trainer_cfg)
     t = {k: v for k, v in t.items() if v is not None or k == "_target_"}
-    return instantiate(
+    return instantiate_config(
         t,
+        "trainer",
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
@@ -204,20 +126,6 @@ def resolve_ckpt_path(ckpt_path, run_dir: Path) -> str | None:
     if not zipfile.is_zipfile(p):
         raise UserError(f"ckpt_path={ckpt_path} is not a checkpoint (not a torch zip file): it may be truncated")
     return str(p)
-
-
-def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0
-
-
-def fit(trainer, module, datamodule, ckpt_path: str | None, mismatch_hint: str) -> None:
-    """``trainer.fit`` where a checkpoint that does not fit the module is a one-line UserError."""
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except RuntimeError as e:
-        if ckpt_path and ("state_dict" in str(e) or "size mismatch" in str(e)):
-            raise UserError(f"checkpoint {ckpt_path} does not fit {mismatch_hint}") from None
-        raise
 
 
 def scalar_metrics(trainer) -> dict[str, float]:

@@ -1,14 +1,13 @@
 """Atomic checkpoint writes and safe reads.
 
-``AtomicCheckpointIO`` serialises to a temporary file in the target directory, fsyncs it and
-``os.replace``s it over the destination: a kill at any moment leaves either the previous
-checkpoint or the new one, never a truncated file. ``load_checkpoint_file`` turns a missing,
+``AtomicCheckpointIO`` writes through :func:`partialnet.utils.atomic.atomic_write` (temporary
+file, fsync, ``os.replace``): a kill at any moment leaves either the previous checkpoint or the
+new one, never a truncated file. ``load_checkpoint_file`` turns a missing,
 truncated or foreign file into a one-line ``UserError``.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,33 +15,12 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from partialnet.errors import UserError
+from partialnet.utils.atomic import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    """``torch.save`` through :func:`partialnet.utils.atomic.atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

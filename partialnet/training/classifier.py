@@ -10,8 +10,13 @@
   ``val_raw/*``.
 - Randomness: at each epoch's first batch the global RNGs are re-seeded from (seed, epoch, rank), so a
   run resumed at an epoch boundary draws exactly the same numbers as an uninterrupted one; a
-  mid-epoch checkpoint also stores the RNG states (rank 0's), restored when training resumes
-  inside that epoch (the DataModule's sampler skips the batches already consumed).
+  mid-epoch checkpoint also stores the RNG states of every rank, each restored on its own rank
+  when training resumes inside that epoch (the DataModule's sampler skips the batches already
+  consumed).
+- Rebuildable: built from a model spec (``{"name": ..., "kwargs": {...}}``) and plain dicts, the
+  module records them with ``save_hyperparameters``, so
+  ``ClassificationModule.load_from_checkpoint(PATH)`` rebuilds it (older checkpoints without
+  recorded hyper-parameters are rebuilt from the spec and config they carry).
 - ``torch.compile`` wraps only the inner model and is kept out of the module tree, so
   checkpoint keys stay ``model.*``.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,16 +38,10 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torchmetrics.classification import MulticlassAccuracy
 
+from partialnet.data.base import mix_seed
 from partialnet.errors import UserError
 from partialnet.training.multiscale import resolution_at
 from partialnet.training.optim import build_optimizer, build_scheduler, scaled_lr
-
-
-def _mix_seed(*parts: int) -> int:
-    h = 0x9E3779B1
-    for p in parts:
-        h = (h * 1_000_003) ^ (int(p) & 0xFFFFFFFF)
-    return h & 0x7FFFFFFF
 
 
 def _get_rng_state(epoch: int, step: int, rank: int) -> dict:
@@ -63,10 +63,42 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
 
 
+def _gather_objects(obj: Any) -> list:
+    """``obj`` from every rank (a one-element list without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def module_kwargs_from_config(config: Mapping, model_spec: dict, num_classes: int, image_size: int) -> dict:
+    """Constructor arguments of :class:`ClassificationModule` from a resolved run config (plain dict)."""
+    multiscale = config.get("multiscale")
+    return dict(
+        model=dict(model_spec),
+        num_classes=int(num_classes),
+        optim=dict(config["optim"]),
+        sched=dict(config["sched"]),
+        aug=dict(config.get("aug") or {}),
+        ema=dict(config.get("ema") or {}),
+        global_batch_size=int(config["data"]["batch_size"]),
+        image_size=int(image_size),
+        multiscale=[list(e) for e in multiscale] if multiscale else None,
+        channels_last=bool(config.get("channels_last", False)),
+        compile=bool(config.get("compile", False)),
+        seed=int(config.get("seed", 0)),
+        nonfinite=str(config.get("nonfinite", "stop")),
+        config=dict(config),
+    )
+
+
 class ClassificationModule(pl.LightningModule):
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Mapping,
         num_classes: int,
         optim: dict,
         sched: dict,
@@ -80,9 +112,27 @@ class ClassificationModule(pl.LightningModule):
         seed: int = 0,
         model_spec: dict | None = None,
         nonfinite: str = "stop",
+        config: dict | None = None,
     ):
+        """``model``: a model spec ``{"name": ..., "kwargs": {...}}`` (built here, recorded in the
+        checkpoint's hyper-parameters) or a ready ``nn.Module`` (then ``model_spec`` says how to
+        rebuild it, if it can be). ``config``: the run's resolved config, kept in checkpoints."""
         super().__init__()
+        if isinstance(model, Mapping):
+            from partialnet.training.builders import build_model
+
+            model_spec = {"name": str(model["name"]), "kwargs": dict(model.get("kwargs") or {})}
+            self.save_hyperparameters(dict(
+                model=model_spec, num_classes=int(num_classes), optim=dict(optim), sched=dict(sched),
+                aug=dict(aug or {}), ema=dict(ema or {}), global_batch_size=int(global_batch_size),
+                image_size=int(image_size), multiscale=multiscale, channels_last=bool(channels_last),
+                compile=bool(compile), seed=int(seed), nonfinite=str(nonfinite), config=config,
+            ))
+            model = build_model(model_spec["name"], model_spec["kwargs"])
+        elif config is not None:
+            self.save_hyperparameters({"config": config})  # for the loggers; not enough to rebuild
         self.model = model
+        self.config = config
         self.num_classes = int(num_classes)
         self.optim_cfg = dict(optim)
         self.sched_cfg = dict(sched)
@@ -145,7 +195,7 @@ class ClassificationModule(pl.LightningModule):
         return self.device.type == "cuda"
 
     def setup(self, stage: str) -> None:
-        if self._on_cuda() and self.use_channels_last:
+        if self.use_channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self._on_cuda() and self.use_compile and self._compiled is None:
             # Not an attribute nn.Module tracks: state_dict keys stay `model.*`.
@@ -158,7 +208,7 @@ class ClassificationModule(pl.LightningModule):
         return (self._compiled or self.model)(x)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if self._on_cuda() and self.use_channels_last:
+        if self.use_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -180,9 +230,9 @@ class ClassificationModule(pl.LightningModule):
         if resume is not None and resume["epoch"] == self.current_epoch and resume["step"] == self.global_step:
             _set_rng_state(resume)
         else:
-            s = _mix_seed(self.seed, self.current_epoch, self.global_rank)
+            s = mix_seed(self.seed, self.current_epoch, self.global_rank)
             torch.manual_seed(s)
-            np.random.seed(s)
+            np.random.seed(s % 2**32)
             random.seed(s)
         if self._epoch_t0 is None:
             self._epoch_t0 = time.perf_counter()
@@ -274,18 +324,47 @@ class ClassificationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ ckpt
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.skipped_batches = int((checkpoint.get("partialnet") or {}).get("skipped_batches", 0))
-        rng = (checkpoint.get("partialnet") or {}).get("rng")
+        meta = checkpoint.get("partialnet") or {}
+        self.skipped_batches = int(meta.get("skipped_batches", 0))
+        per_rank = meta.get("rng_per_rank")
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if per_rank and len(per_rank) == world:
+            rng = per_rank[self.global_rank]
+        else:  # a checkpoint of another world size, or of an older version (rank 0's state only)
+            rng = meta.get("rng")
         if rng is not None and rng.get("rank") == self.global_rank:
             self._resume_rng = rng
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        rng = _get_rng_state(self.current_epoch, self.global_step, self.global_rank)
         checkpoint["partialnet"] = {
-            "rng": _get_rng_state(self.current_epoch, self.global_step, self.global_rank),
+            "rng": rng,
+            "rng_per_rank": _gather_objects(rng),  # collective: Lightning calls this hook on every rank
             "model_spec": self.model_spec,
             "num_classes": self.num_classes,
             "image_size": self.image_size,
             "has_ema": self.ema is not None,
             "skipped_batches": self.skipped_batches,
-            "config": getattr(self, "run_config", None),
+            "config": self.config,
         }
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's ``load_from_checkpoint``; a checkpoint written before the module recorded
+        its hyper-parameters is rebuilt from the model spec and config it carries."""
+        from partialnet.training.checkpoint_io import load_checkpoint_file
+
+        ckpt = load_checkpoint_file(checkpoint_path)
+        if "model" not in (ckpt.get("hyper_parameters") or {}) and "model" not in kwargs:
+            meta = ckpt.get("partialnet") or {}
+            if meta.get("search") is not None:
+                raise UserError(f"{checkpoint_path} is a DPConv search (supernet) checkpoint: retrain the searched "
+                                "model with train.py model.ratios=<its run dir>/ratios.yaml and load that checkpoint")
+            if not meta.get("model_spec") or not meta.get("config"):
+                raise UserError(f"{checkpoint_path} records neither hyper-parameters nor a model spec and config: "
+                                "it was not written by partialnet's train.py")
+            rebuilt = module_kwargs_from_config(meta["config"], meta["model_spec"], meta["num_classes"],
+                                                meta.get("image_size", 224))
+            kwargs = {**rebuilt, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, **kwargs)

@@ -1,8 +1,10 @@
 """The evaluation job behind ``eval.py``: accuracy, params, MACs, throughput, latency.
 
 One or several checkpoints (accuracy on their validation data + speed), and/or registered
-model names (random init: speed and MACs only). Speed is measured for the eval form and for
-the fused deploy form (``partialnet.deploy.fuse``) where the model supports it.
+model names (random init: speed and MACs only). Speed is measured for the eval form (eager
+PyTorch) and for the fused deploy form (``partialnet.deploy.fuse``) on each runtime of
+``runtime=`` (:mod:`partialnet.measure.runtimes`), its outputs checked against the model first.
+A model that cannot be fused is an error, not a blank cell; ``fused=false`` skips the fused form.
 """
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,47 +21,13 @@ from tqdm import tqdm
 
 from partialnet.errors import UserError
 from partialnet.measure import count
-from partialnet.measure.speed import time_forward
+from partialnet.measure.runtimes import RUNTIMES, check_runner, make_runner
+from partialnet.measure.speed import time_forward, time_runner
 from partialnet.models.registry import create_model
 from partialnet.training.builders import build_datamodule
 from partialnet.training.checkpoint_io import load_checkpoint_file
-
-
-def model_from_checkpoint(ckpt: dict, path, weights: str = "auto") -> tuple[torch.nn.Module, dict, str]:
-    """Rebuild the bare model saved by train.py and load its (EMA or raw) weights."""
-    meta = ckpt.get("partialnet")
-    if meta and meta.get("search") is not None:
-        raise UserError(
-            f"{path} is a DPConv search (supernet) checkpoint: retrain the searched model with "
-            "train.py model.ratios=<its run dir>/ratios.yaml, then evaluate that checkpoint"
-        )
-    if not meta or "model_spec" not in meta:
-        raise UserError(f"{path} was not written by partialnet's train.py (no model spec inside)")
-    spec = meta["model_spec"]
-    model = create_model(spec["name"], **spec["kwargs"])
-    sd = ckpt["state_dict"]
-    has_ema = any(k.startswith("ema.module.") for k in sd)
-    if weights not in ("auto", "ema", "raw"):
-        raise UserError(f"weights={weights!r}; use auto, ema or raw")
-    if weights == "ema" and not has_ema:
-        raise UserError(f"{path} has no EMA weights; use weights=raw")
-    use = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "raw"
-    prefix = "ema.module." if use == "ema" else "model."
-    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(sub, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{path} does not match model {spec['name']!r}: {str(e).splitlines()[0][:160]}") from None
-    return model.eval(), meta, use
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+from partialnet.training.checkpoint_model import model_from_checkpoint
+from partialnet.utils.atomic import atomic_write_text
 
 
 def accuracy(model, dm, device, limit_batches=None) -> dict:
@@ -91,14 +58,50 @@ def _speed(model, size: int, device, s) -> dict:
     return {"throughput": thr.as_dict(), "latency": lat.as_dict()}
 
 
-def _fused_speed(model, size: int, device, s) -> dict | str:
-    try:
-        from partialnet.deploy import fuse
+def runtimes_of(cfg) -> list[str]:
+    """The runtimes asked for: ``runtime=onnxruntime`` or ``runtime=[eager,onnxruntime]``."""
+    raw = cfg.get("runtime", "eager")
+    names = [str(raw)] if isinstance(raw, str) else [str(r) for r in raw]
+    for name in names:
+        if name not in RUNTIMES:
+            raise UserError(f"runtime={name!r} is unknown; use one of {'|'.join(RUNTIMES)} (or a list of them)")
+    if not names:
+        raise UserError("runtime=[] names no runtime; use e.g. runtime=eager")
+    if not cfg.get("fused", True) and names != ["eager"]:
+        raise UserError(f"runtime={','.join(names)} runs the fused deploy form; drop fused=false (or use runtime=eager)")
+    return names
 
+
+def fused_forms(model, name: str, size: int, device, cfg) -> dict[str, dict]:
+    """Speed of the fused deploy form on every runtime of ``cfg.runtime``, outputs checked first.
+
+    A model that cannot be fused, or whose fused form (or a runtime) computes something else
+    than the model, is a :class:`UserError`: the row would otherwise report a speed of nothing.
+    ``fused=false`` skips the fused form.
+    """
+    from partialnet.deploy import fuse
+    from partialnet.models.backbone import PartialChannelNet
+
+    if not isinstance(model, PartialChannelNet):
+        raise UserError(f"{name} ({type(model).__name__}) has no fused deploy form; pass fused=false to time the eval form only")
+    try:
         fused = fuse(model)
-    except Exception as e:  # a model without a deploy form (e.g. torchvision hosts)
-        return f"n/a ({type(e).__name__})"
-    return _speed(fused, size, device, s)
+    except UserError as e:
+        raise UserError(f"fusing {name} failed: {e}; pass fused=false to skip the fused form") from None
+    except Exception as e:  # a bug in fusion must not pass as a missing figure
+        raise UserError(f"fusing {name} failed ({type(e).__name__}: {e}); pass fused=false to skip the fused form") from e
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    s = cfg.speed
+    out = {}
+    for runtime in runtimes_of(cfg):
+        runner = make_runner(runtime, fused, size, device)
+        diff = check_runner(runner, model, x, f"{runtime} (fused {name})")
+        timing = dict(warmup=int(s.warmup), runs=int(s.runs), runtime=runtime)
+        thr = time_runner(runner, int(s.batch_size), size, device, **timing)
+        lat = time_runner(runner, 1, size, device, **timing)
+        out[runtime] = {"throughput": thr.as_dict(), "latency": lat.as_dict(), "runtime": runtime,
+                        "max_abs_diff": diff}
+    return out
 
 
 def measure_model(model, name: str, size: int, device, cfg) -> dict:
@@ -106,7 +109,9 @@ def measure_model(model, name: str, size: int, device, cfg) -> dict:
     row = {"model": name, "params": c["params"], "macs": c["macs"], "input_size": size}
     row["eval_form"] = _speed(model, size, device, cfg.speed)
     if cfg.get("fused", True):
-        row["fused_form"] = _fused_speed(model, size, device, cfg.speed)
+        forms = fused_forms(model, name, size, device, cfg)
+        row["fused_runtimes"] = forms
+        row["fused_form"] = next(iter(forms.values()))  # the first runtime asked for
     return row
 
 
@@ -134,27 +139,37 @@ def evaluate_checkpoint(path: Path, cfg: DictConfig, device) -> dict:
 
 
 def _ips(form) -> str:
-    return f"{form['throughput']['images_per_s']:.1f}" if isinstance(form, dict) else "n/a"
+    return f"{form['throughput']['images_per_s']:.1f}" if isinstance(form, dict) else "-"
 
 
 def _lat(form) -> str:
-    return f"{form['latency']['latency_ms']:.2f}" if isinstance(form, dict) else "n/a"
+    return f"{form['latency']['latency_ms']:.2f}" if isinstance(form, dict) else "-"
+
+
+def _fused_by_runtime(row: dict) -> list[tuple[str, dict | None]]:
+    """``[(runtime, fused figures)]`` of a row; ``[('-', None)]`` when the fused form was skipped."""
+    forms = row.get("fused_runtimes") or {}
+    return list(forms.items()) or [("-", None)]
 
 
 def table(rows: list[dict]) -> tuple[str, str]:
-    """(Markdown, CSV) of the rows."""
+    """(Markdown, CSV) of the rows: one line per model and fused-form runtime.
+
+    The eval form always runs in eager PyTorch; "runtime" names what ran the fused form."""
     head = ["model", "source", "top-1 %", "top-5 %", "params (M)", "MACs (G, the papers' FLOPs)", "input",
-            "img/s eval", "img/s fused", "latency ms eval", "latency ms fused", "device", "threads", "dtype", "batch"]
+            "img/s eval (eager)", "runtime (fused)", "img/s fused", "latency ms eval (eager)", "latency ms fused",
+            "device", "threads", "dtype", "batch"]
     lines = []
     for r in rows:
         thr = r["eval_form"]["throughput"]
-        lines.append([
-            r["model"], Path(r["checkpoint"]).name if r.get("checkpoint") else "random init",
-            f"{r['val/acc1']:.2f}" if "val/acc1" in r else "-", f"{r['val/acc5']:.2f}" if "val/acc5" in r else "-",
-            f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e9:.4f}", str(r["input_size"]),
-            _ips(r["eval_form"]), _ips(r.get("fused_form")), _lat(r["eval_form"]), _lat(r.get("fused_form")),
-            thr["device"], str(thr["threads"]), thr["dtype"], str(thr["batch_size"]),
-        ])
+        for runtime, fused in _fused_by_runtime(r):
+            lines.append([
+                r["model"], Path(r["checkpoint"]).name if r.get("checkpoint") else "random init",
+                f"{r['val/acc1']:.2f}" if "val/acc1" in r else "-", f"{r['val/acc5']:.2f}" if "val/acc5" in r else "-",
+                f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e9:.4f}", str(r["input_size"]),
+                _ips(r["eval_form"]), runtime, _ips(fused), _lat(r["eval_form"]), _lat(fused),
+                thr["device"], str(thr["threads"]), thr["dtype"], str(thr["batch_size"]),
+            ])
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in lines]
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -164,6 +179,7 @@ def table(rows: list[dict]) -> tuple[str, str]:
 
 
 def plot(rows: list[dict], out: Path) -> Path:
+    """Accuracy (or MACs) vs throughput; one series per model family and runtime, named in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,24 +188,31 @@ def plot(rows: list[dict], out: Path) -> Path:
     have_acc = all("val/acc1" in r for r in rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     families = {"partialnet": ("tab:red", "*"), "patnet": ("tab:orange", "P"), "fasternet": ("tab:blue", "o")}
+    styles = ["-", "--", ":", "-."]
+    runtimes = list(dict.fromkeys(rt for r in rows for rt, _ in _fused_by_runtime(r)))
     for fam, (color, marker) in {**families, "other": ("tab:gray", "s")}.items():
         pts = [r for r in rows if (r["model"].split("_")[0] == fam) or (fam == "other" and r["model"].split("_")[0] not in families)]
         if not pts:
             continue
-        xs = [float(_ips(r.get("fused_form")) if isinstance(r.get("fused_form"), dict) else _ips(r["eval_form"])) for r in pts]
-        ys = [r["val/acc1"] for r in pts] if have_acc else [r["macs"] / 1e9 for r in pts]
-        order = sorted(range(len(xs)), key=lambda i: xs[i])
-        ax.plot([xs[i] for i in order], [ys[i] for i in order], marker=marker, color=color, label=fam,
-                markersize=10 if marker == "*" else 7)
-        for x, y, r in zip(xs, ys, pts):
-            ax.annotate(r["model"].split("_", 1)[-1].upper(), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for k, runtime in enumerate(runtimes):
+            series = []
+            for r in pts:
+                fused = dict(_fused_by_runtime(r)).get(runtime)
+                form, label = (fused, f"fused, {runtime}") if fused else (r["eval_form"], "eval form, eager")
+                y = r["val/acc1"] if have_acc else r["macs"] / 1e9
+                series.append((form["throughput"]["images_per_s"], y, r, label))
+            series.sort(key=lambda e: e[0])
+            ax.plot([e[0] for e in series], [e[1] for e in series], marker=marker, color=color,
+                    linestyle=styles[k % len(styles)], label=f"{fam} ({series[0][3]})", markersize=10 if marker == "*" else 7)
+            for x, y, r, _ in series:
+                ax.annotate(r["model"].split("_", 1)[-1].upper(), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     thr = rows[0]["eval_form"]["throughput"]
-    ax.set_xlabel(f"throughput, fused form where available (images/s, batch {thr['batch_size']}, {thr['threads']} threads)")
+    ax.set_xlabel(f"throughput (images/s, batch {thr['batch_size']}, {thr['threads']} threads; runtime in the legend)")
     fig.text(0.01, 0.01, thr["device"], fontsize=7, color="gray")
     ax.set_ylabel("top-1 accuracy (%)" if have_acc else "MACs (G, the papers' FLOPs)")
     ax.set_title("accuracy vs throughput" if have_acc else "MACs vs throughput (random init, speed only)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp)
@@ -205,6 +228,7 @@ def evaluate(cfg: DictConfig, out_dir: Path | None = None) -> list[dict]:
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={dev} but no CUDA GPU is visible; use device=cpu")
     device = torch.device(dev)
+    runtimes_of(cfg)  # a bad runtime is an error before anything is loaded or timed
     ckpts = ([cfg.ckpt] if cfg.get("ckpt") else []) + list(cfg.get("ckpts") or [])
     names = list(cfg.get("models") or [])
     if not ckpts and not names:

@@ -1,4 +1,4 @@
-"""Loggers: W&B (offline by default) and an appending CSV logger.
+"""Loggers from the ``logger`` config (``_target_`` configs): W&B (offline by default), TensorBoard, CSV.
 
 Lightning's CSVLogger deletes an existing ``metrics.csv`` when its directory is not empty,
 which would erase a resumed run's history; ``AppendingCSVLogger`` keeps it and appends.
@@ -15,6 +15,9 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from partialnet.errors import UserError
+from partialnet.utils.atomic import atomic_write_text
+from partialnet.utils.distributed import is_rank_zero
+from partialnet.utils.instantiate import instantiate_group
 
 WANDB_ID_FILE = "wandb_id"
 
@@ -60,31 +63,34 @@ def wandb_run_id(run_dir: Path) -> str:
     import uuid
 
     rid = uuid.uuid4().hex[:12]
-    if int(os.environ.get("RANK", "0")) == 0:
-        f.write_text(rid)
+    if is_rank_zero():
+        atomic_write_text(f, rid)
     return rid
 
 
-def build_loggers(logger_cfg, run_dir: Path, run_config: dict) -> list[Logger]:
-    """CSV always; plus W&B / TensorBoard as selected by the ``logger`` config group."""
-    cfg = dict(logger_cfg or {})
-    unknown = set(cfg) - {"wandb", "csv", "tensorboard"}
-    if unknown:
-        raise UserError(f"unknown logger(s) {sorted(unknown)}; choose from wandb, csv, tensorboard, none")
-    loggers: list[Logger] = [AppendingCSVLogger(run_dir)]
-    if "tensorboard" in cfg:
-        from pytorch_lightning.loggers import TensorBoardLogger
+def build_loggers(logger_cfg, run_dir: Path) -> list[Logger]:
+    """Instantiate each non-null entry of the ``logger`` config (``_target_`` configs); a null
+    ``save_dir`` means the run dir. The CSV logger is always there (first): it is the run's record."""
 
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
-    if "wandb" in cfg:
-        loggers.append(_build_wandb(dict(cfg["wandb"] or {}), run_dir, run_config))
-    return loggers
+    def default_save_dir(entry: dict) -> None:
+        if entry.get("save_dir", "unset") is None:
+            entry["save_dir"] = str(run_dir)
+
+    hint = "choose logger=wandb, csv, tensorboard, default or none, or name a class with +logger.{name}._target_=..."
+    loggers = instantiate_group(logger_cfg, "logger", Logger, hint, prepare=default_save_dir)
+    if not any(isinstance(lg, CSVLogger) for lg in loggers):
+        loggers.append(AppendingCSVLogger(run_dir))
+    return sorted(loggers, key=lambda lg: not isinstance(lg, CSVLogger))
 
 
-def _build_wandb(wcfg: dict, run_dir: Path, run_config: dict) -> Logger:
+def wandb_logger(save_dir: str, project: str = "partialnet", entity: str | None = None, mode: str = "offline",
+                 group: str | None = None, tags: list | None = None, **kwargs) -> Logger:
+    """Lightning's ``WandbLogger``, offline unless asked and possible, with an id kept in
+    ``<save_dir>/wandb_id`` so a resumed run continues the same W&B run."""
     from pytorch_lightning.loggers import WandbLogger
 
-    mode = str(wcfg.get("mode", "offline"))
+    run_dir = Path(save_dir)
+    mode = str(mode)
     if mode not in ("offline", "online", "disabled"):
         raise UserError(f"logger.wandb.mode={mode!r}; use offline, online or disabled")
     if mode == "online" and not _wandb_credentials_present():
@@ -97,16 +103,25 @@ def _build_wandb(wcfg: dict, run_dir: Path, run_config: dict) -> Logger:
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
     logger = WandbLogger(
-        project=wcfg.get("project") or "partialnet",
-        entity=wcfg.get("entity"),
-        group=wcfg.get("group"),
-        tags=list(wcfg.get("tags") or []),
-        name=run_dir.name,
+        project=project or "partialnet",
+        entity=entity,
+        group=group,
+        tags=list(tags or []),
+        name=kwargs.pop("name", None) or run_dir.name,
         save_dir=str(run_dir),
         id=wandb_run_id(run_dir),
         resume="allow",
         mode=mode,
-        config=run_config,
+        **kwargs,
     )
     logger._wandb_init.pop("anonymous", None)  # Lightning passes a setting wandb deprecated (warns)
     return logger
+
+
+def finish_wandb(loggers) -> None:
+    """Close the W&B run of this job (a multirun starts the next job's run cleanly)."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+            import wandb
+
+            wandb.finish()

@@ -1,6 +1,7 @@
 """Entry-point wrapper: bad input is one line on stderr and exit code 2, never a traceback.
 
-``run_cli(main)`` runs a ``@hydra.main`` function. User mistakes — our ``UserError``, Hydra's
+``run_cli(main)`` runs a ``@hydra.main`` function. A pre-empted run (SIGTERM) prints where its
+checkpoint is and exits 143. User mistakes — our ``UserError``, Hydra's
 composition errors (unknown config group option, unknown key, bad override syntax) and
 OmegaConf errors (missing mandatory value, wrong type) — print ``error: <one line>`` and exit 2.
 Anything else is a bug and keeps its traceback.
@@ -12,14 +13,21 @@ import re
 import sys
 from typing import Callable
 
-from partialnet.errors import UserError
+from partialnet.errors import Preempted, UserError
 
 
 def _one_line(msg: str) -> str:
     lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
-    if lines and lines[0].startswith("Could not find '") and len(lines) > 1 and "Available options" in lines[1]:
-        options = ", ".join(ln for ln in lines[2:])
-        return f"{lines[0]}; available: {options}"
+    # Hydra: "In 'train': Could not find 'model/x'", "Available options in 'model':", the
+    # options, then "Config search path:" and its entries (not for the user)
+    if len(lines) > 1 and "Could not find '" in lines[0] and "Available options" in lines[1]:
+        head = lines[0][lines[0].index("Could not find '"):]
+        options = []
+        for ln in lines[2:]:
+            if ln.startswith("Config search path"):
+                break
+            options.append(ln)
+        return f"{head}; available: {', '.join(options)}"
     text = "; ".join(lines)
     return re.sub(r"\s+", " ", text).replace("\t", " ")
 
@@ -36,6 +44,9 @@ def run_cli(main: Callable[[], object]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's reporter
     try:
         main()
+    except Preempted as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(Preempted.exit_code)
     except _user_error_types() as e:  # noqa: PERF203
         if os.environ.get("PARTIALNET_TRACEBACK"):
             raise

@@ -20,16 +20,10 @@ import uuid
 
 from omegaconf import OmegaConf
 
+from partialnet.utils.distributed import global_rank
+
 RUN_NAME_ENV = "PARTIALNET_RUN_NAME"
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
-
-
-def global_rank() -> int:
-    """Rank of this process from the launcher's environment (0 when not distributed)."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 0
 
 
 def run_name(explicit: str | None = None) -> str:

@@ -3,6 +3,7 @@ from partialnet.models.layers.pat import PATChannel, PATSpatial, StatsBatchNorm2
 from partialnet.models.layers.pat_self import PATSelf, heads_for
 from partialnet.models.layers.pconv import PartialConv, PartialSplit, conv_channels
 from partialnet.models.layers.rpe import EuclideanRPE, euclidean_bucket_index
+from partialnet.models.layers.srm_stats import srm_statistics
 from partialnet.models.layers.acmix import ACmix
 from partialnet.models.layers.scconv import SCConv
 
@@ -19,4 +20,5 @@ __all__ = [
     "conv_channels",
     "euclidean_bucket_index",
     "heads_for",
+    "srm_statistics",
 ]

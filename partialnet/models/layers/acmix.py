@@ -1,6 +1,6 @@
 """ACmix: mixing local self-attention and convolution (Pan et al., CVPR 2022, arXiv 2111.14556).
 
-Written from the paper (§3.3, Fig. 2) and the fact sheet (§6), ResNet flavour:
+Written from the paper (Sec. 3.3, Fig. 2), ResNet flavour:
 
 * Stage I (shared): three 1x1 convs with bias give q, k, v (``in_dim -> out_dim`` each),
   viewed as ``head`` groups of ``head_dim = out_dim / head`` channels.

@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from partialnet.models.layers.dense_grad import dense, dense_grad
 from partialnet.models.layers.pconv import PartialSplit, conv_channels
+from partialnet.models.layers.srm_stats import srm_statistics
 
 __all__ = ["StatsBatchNorm2d", "PATChannel", "PATSpatial"]
 
@@ -34,17 +36,18 @@ class PATChannel(PartialSplit):
 
     SRM ("enhanced Gaussian channel attention") on the untouched part::
 
-        u   = [mean_HW(X_u), std_HW(X_u)]            (B, C_u, 1, 2); std unbiased
+        u   = [mean_HW(X_u), std_HW(X_u)]            (B, C_u, 1, 2); std unbiased (srm_statistics)
         g   = hardsigmoid(srm_norm(srm_conv(u)))     srm_conv: full C_u->C_u conv, kernel (1, 2), no bias
         Y_u = norm(X_u * g)
 
-    The std is ``sqrt(unbiased var + 1e-5)`` (the epsilon keeps the gradient finite on a
-    constant channel); with a single spatial position (H = W = 1) the variance is taken as 0.
+    The std is ``sqrt(max(unbiased var, 1e-10))``: torch's unbiased std wherever the variance is
+    above the floor, which only keeps the gradient finite on a constant channel; with a single
+    spatial position (H = W = 1) the variance is taken as 0.
     ``srm_norm`` is a :class:`StatsBatchNorm2d`, so a train-mode batch of one works.
     Submodules (for deploy fusion): ``conv``, ``srm_conv``, ``srm_norm``, ``srm_gate``, ``norm``.
     """
 
-    std_eps = 1e-5
+    std_eps = 1e-10  # a floor on the variance (see srm_statistics)
 
     def __init__(self, dim: int, ratio: float = 0.25):
         super().__init__(dim, ratio)
@@ -57,23 +60,17 @@ class PATChannel(PartialSplit):
 
     def channel_gate(self, x_u: torch.Tensor) -> torch.Tensor:
         """The SRM gate g of shape (B, C_u, 1, 1)."""
-        flat = x_u.flatten(2)
-        mean = flat.mean(dim=-1, keepdim=True)
-        n = flat.shape[-1]
-        if n > 1:  # two-pass unbiased variance: several times faster than Tensor.var on CPU
-            d = flat - mean
-            var = (d * d).sum(dim=-1) / (n - 1)
-        else:
-            var = torch.zeros_like(mean.squeeze(-1))
-        mean = mean.squeeze(-1)
-        std = (var + self.std_eps).sqrt()
-        stats = torch.stack((mean, std), dim=-1).unsqueeze(2)  # (B, C_u, 1, 2)
-        return self.srm_gate(self.srm_norm(self.srm_conv(stats)))
+        mean, std = srm_statistics(x_u, self.std_eps)
+        # srm_conv on the (B, C_u, 1, 2) map [mean, std] is one matrix product on concat(mean, std)
+        # (its weight (C_u, C_u, 1, 2) read as (C_u, 2*C_u)): same numbers, no tiny convolution.
+        w = self.srm_conv.weight
+        z = F.linear(torch.cat((mean, std), dim=1), w.permute(0, 3, 1, 2).reshape(w.shape[0], -1))
+        return self.srm_gate(self.srm_norm(z[:, :, None, None]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_p, x_u = self.split(x)
         y_u = self.norm(x_u * self.channel_gate(x_u))
-        return torch.cat((self.conv(x_p), y_u), dim=1)
+        return torch.cat((self.conv(x_p), dense_grad(y_u)), dim=1)
 
 
 class PATSpatial(nn.Module):
@@ -103,8 +100,10 @@ class PATSpatial(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_a, x_c = torch.split(x, [self.dim_attn, self.dim_conv], dim=1)
         y_a = self.attn_norm(x_a * self.attn_gate(self.attn_conv(x_a)))
+        if self.training:  # a dense input: batch norm's fast training kernels (see dense_grad)
+            x_c = dense(x_c)
         y_c = self.conv(self.conv_norm(x_c))
-        return torch.cat((y_a, y_c), dim=1)
+        return torch.cat((dense_grad(y_a), dense_grad(y_c)), dim=1)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, dim_attn={self.dim_attn}, dim_conv={self.dim_conv}"

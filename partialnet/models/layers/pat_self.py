@@ -11,7 +11,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 
 from partialnet.models.layers.pconv import PartialSplit
-from partialnet.models.layers.rpe import EuclideanRPE
+from partialnet.models.layers.rpe import DEFAULT_NUM_BUCKETS, EuclideanRPE
 
 __all__ = ["heads_for", "PATSelf"]
 
@@ -32,7 +32,7 @@ class PATSelf(PartialSplit):
 
     The MHSA is global over all H*W tokens: ``qkv`` Linear (no bias), scale
     ``head_dim ** -0.5``, a learnable per-head bias on the logits indexed by the rounded
-    Euclidean query-key distance (``rpe``: table [heads, 81]), softmax, attention dropout,
+    Euclidean query-key distance (``rpe``: iRPE buckets, table [heads, 41]), softmax, attention dropout,
     output projection ``proj`` (with bias) and projection dropout.
 
     ``num_heads`` is a request: the module uses :func:`heads_for` (the largest divisor of
@@ -47,7 +47,7 @@ class PATSelf(PartialSplit):
         num_heads: int = 4,
         attn_drop: float = 0.1,
         proj_drop: float = 0.1,
-        num_buckets: int = 81,
+        num_buckets: int = DEFAULT_NUM_BUCKETS,
     ):
         super().__init__(dim, ratio)
         c_p, c_u = self.dim_conv, self.dim_untouched

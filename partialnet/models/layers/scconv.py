@@ -1,8 +1,8 @@
 """SCConv: Spatial and Channel reconstruction Convolution (Li, Wen, He, CVPR 2023).
 
 ``SCConv = CRU(SRU(x))`` is a drop-in replacement for a 3x3 conv with ``in = out = dim``
-channels (the bottleneck 3x3 of ResNet). Written from the paper's equations (§2 of the
-paper; project fact sheet §5); there is no official code.
+channels (the bottleneck 3x3 of ResNet). Written from the paper's equations (Sec. 2 of the
+paper); there is no official code.
 
 SRU (spatial reconstruction unit), paper Eqs. 1-5::
 

@@ -1,0 +1,163 @@
+"""Inference runtimes on the CPU: the fused form on eager PyTorch, onnxruntime and OpenVINO
+(``--compile`` adds torch.compile), batch-1 latency of PartialNet against FasterNet side by
+side, and the share of the machine's matmul / 1x1-conv rate that the best runtime reaches.
+
+    python bench/runtimes.py [--threads N] [--runs 9] [--compile]
+
+1. Peak rate of this machine: fp32 torch.mm 2048^3 and a oneDNN channels_last 1x1 conv
+   (512 -> 512 on 32x28x28), same threads; the higher of the two is "the matmul rate".
+2. PartialNet-T0 fused, batch 32, per runtime: images/s, achieved MAC rate (the fused form's
+   MACs x images/s) and its share of the matmul rate.
+3. Batch-1 latency, fused, per runtime: PartialNet-T0 vs FasterNet-T0 and PartialNet-T1 vs
+   FasterNet-T1, timed round-robin in this one process; wall time and process CPU time (the
+   steadier figure when other processes share the CPUs).
+4. Where the time goes at batch 1 (eager, torch.profiler self CPU time by kind of op) for
+   fused PartialNet-T0 and FasterNet-T0.
+
+Every runtime's outputs are checked against the model's eval outputs (max |diff| <= 1e-4)
+before it is timed (partialnet.measure.runtimes.check_runner).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+for p in (str(HERE.parent), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import partialnet  # noqa: E402
+from models import conv1x1_rate, cpu_name, load_avg, matmul_rate, op_kind  # noqa: E402  (bench/models.py)
+from partialnet.deploy import fuse  # noqa: E402
+from partialnet.measure import count  # noqa: E402
+from partialnet.measure.runtimes import check_runner, make_runner  # noqa: E402
+
+PAIRS = (("partialnet_t0", "fasternet_t0"), ("partialnet_t1", "fasternet_t1"))
+
+
+def round_robin(runners: dict, x: torch.Tensor, warmup: int, runs: int) -> dict:
+    """{key: (wall seconds list, process CPU seconds list)}, runners timed A B C A B C ..."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn(x)
+    out = {k: ([], []) for k in runners}
+    for _ in range(runs):
+        for k, fn in runners.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn(x)
+            out[k][0].append(time.perf_counter() - w0)
+            out[k][1].append(time.process_time() - c0)
+    return out
+
+
+def build_runners(names, runtimes, size: int) -> tuple[dict, dict]:
+    """{(name, runtime): runner} (outputs checked) and {name: fused MACs}."""
+    runners, macs = {}, {}
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    for name in names:
+        torch.manual_seed(0)
+        model = partialnet.create_model(name).eval()
+        fused = fuse(model)
+        macs[name] = count(fused, size)["macs"]
+        for rt in runtimes:
+            runner = make_runner(rt, fused, size)
+            check_runner(runner, model, x, rt)
+            runners[(name, rt)] = runner
+    return runners, macs
+
+
+def profile_kinds(name: str, size: int, iters: int = 10) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    net = fuse(partialnet.create_model(name).eval())
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        for _ in range(3):
+            net(x)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(iters):
+                net(x)
+    kinds: dict[str, float] = defaultdict(float)
+    for ev in prof.key_averages(group_by_input_shape=True):
+        if ev.self_cpu_time_total > 0:
+            kinds[op_kind(ev.key, ev.input_shapes)] += ev.self_cpu_time_total / 1e3 / iters
+    kinds["(op calls per forward: a count, not ms)"] = sum(ev.count for ev in prof.key_averages()) / iters
+    return kinds
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--compile", action="store_true", help="add torch.compile (slow to compile on small CPUs)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    runtimes = ["eager", "onnxruntime", "openvino"] + (["compile"] if args.compile else [])
+    print(f"### Inference runtimes (CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, {threads} thread(s), fp32, "
+          f"{args.size}px)\n\nload average before: {load_avg()}\n")
+
+    mm, conv = matmul_rate(7), conv1x1_rate(7)
+    peak = max(mm["median"], conv["median"])
+    print(f"machine rate: torch.mm 2048^3 {mm['median'] / 1e9:.1f} GMAC/s, oneDNN 1x1 conv {conv['median'] / 1e9:.1f} "
+          f"GMAC/s (median of 7); reference = the higher, {peak / 1e9:.1f} GMAC/s\n")
+
+    names = sorted({n for pair in PAIRS for n in pair})
+    runners, macs = build_runners(names, runtimes, args.size)
+
+    t0_name = PAIRS[0][0]
+    xb = torch.randn(args.batch, 3, args.size, args.size)
+    res = round_robin({rt: runners[(t0_name, rt)] for rt in runtimes}, xb, args.warmup, args.runs)
+    print(f"| {t0_name} fused, batch {args.batch} | images/s median (min-max) | GMAC/s | share of the matmul rate |")
+    print("|---|---|---|---|")
+    best = None
+    for rt in runtimes:
+        wall = res[rt][0]
+        ips = args.batch / statistics.median(wall)
+        rate = macs[t0_name] * ips
+        best = max(best or (0, ""), (rate, rt))
+        print(f"| {rt} | {ips:.1f} ({args.batch / max(wall):.1f}-{args.batch / min(wall):.1f}) | {rate / 1e9:.1f} | "
+              f"{100 * rate / peak:.0f} % |")
+    print(f"\nbest runtime for {t0_name} at batch {args.batch}: {best[1]}, {100 * best[0] / peak:.0f} % of the "
+          f"machine's matmul/1x1-conv rate (target >= 85 %: {'met' if best[0] >= 0.85 * peak else 'not met'})\n")
+
+    x1 = torch.randn(1, 3, args.size, args.size)
+    print("| batch-1 latency, fused | runtime | wall ms median (min) | process CPU ms median | verdict (CPU time) |")
+    print("|---|---|---|---|---|")
+    for rt in runtimes:
+        for ours, theirs in PAIRS:
+            r = round_robin({n: runners[(n, rt)] for n in (ours, theirs)}, x1, args.warmup, max(args.runs, 20))
+            cells = {}
+            for n in (ours, theirs):
+                wall, cpu = r[n]
+                cells[n] = statistics.median(cpu)
+                print(f"| {n} | {rt} | {1e3 * statistics.median(wall):.2f} ({1e3 * min(wall):.2f}) | "
+                      f"{1e3 * statistics.median(cpu):.2f} | "
+                      + (f"{ours} {'<=' if cells[ours] <= cells[theirs] else '>'} {theirs}" if n == theirs else "")
+                      + " |")
+    print()
+    kinds = {n: profile_kinds(n, args.size) for n in PAIRS[0]}
+    print(f"Where the time goes at batch 1, fused, eager, {threads} thread(s): self CPU ms per forward by kind of op\n")
+    print(f"| kind of op | {' | '.join(PAIRS[0])} |")
+    print("|---|---|---|")
+    keys = sorted({k for d in kinds.values() for k in d}, key=lambda k: -kinds[PAIRS[0][0]].get(k, 0.0))
+    for k in keys:
+        print(f"| {k} | " + " | ".join(f"{kinds[n].get(k, 0.0):.2f}" for n in PAIRS[0]) + " |")
+    print(f"\nload average after: {load_avg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

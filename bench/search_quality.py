@@ -1,0 +1,270 @@
+"""Does the DPConv search earn its place? Searched vs uniform r=1/4 vs random ratios on CIFAR-10.
+
+    python bench/search_quality.py            # full default (~90 min on 2 quiet cores)
+    python bench/search_quality.py --quick    # smoke mode (a few minutes)
+
+Protocol (every arm gets the same budget: epochs, batches per epoch, lr, seeds):
+
+1. A class-stratified hold-out (``--holdout`` of the CIFAR-10 training split, split seed 0) is
+   used only to score the retrained arms. The search never sees it: it runs on the rest, and
+   its own validation is a second stratified split of that rest.
+2. Search PartialNet-T0 (small-input stem, 32 px) at ``search.flops_ratio=1.0`` with
+   ``search_dpconv.py``.
+3. Retrain from scratch with ``train.py`` (training set = everything but the hold-out,
+   validation = the hold-out): (a) the uniform r = 1/4 model, (b) the searched ratios,
+   (c) ``--random`` architectures drawn uniformly per layer and kept when their MACs are
+   within +-3 % of the r = 1/4 model's.
+4. Per arm: held-out top-1 of the last epoch (mean and spread over seeds), MACs, params and
+   the fused model's CPU latency (batch 1, ``--threads`` threads, median of timed runs).
+
+Prints every figure it measures and writes a Markdown table into ``bench/RESULTS.md``
+(section "Search quality") and ``--out``/search_quality.md. The entry points run as
+subprocesses, exactly as a user runs them.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from partialnet.data.cifar10 import CIFAR10DataModule, stratified_split  # noqa: E402
+from partialnet.data.transforms import InMemoryImageDataset  # noqa: E402
+
+MODEL = "partialnet_t0"
+SECTION = "## Search quality (bench/search_quality.py)"
+
+
+class SearchSplitCIFAR10(CIFAR10DataModule):
+    """CIFAR-10 without the scoring hold-out: the parent's validation split (``val_fraction``,
+    ``split_seed``) is dropped, and ``search_val_fraction`` of the rest becomes the validation."""
+
+    def __init__(self, search_val_fraction: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.search_val_fraction = float(search_val_fraction)
+
+    def build_datasets(self):
+        train, _holdout = super().build_datasets()  # the hold-out is never returned
+        keep, val = stratified_split(train.labels.numpy(), self.search_val_fraction, self.split_seed + 1)
+
+        def subset(idx, is_train):
+            idx_t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+            return InMemoryImageDataset(
+                train.images.index_select(0, idx_t), train.labels.index_select(0, idx_t),
+                image_size=self.image_size, mean=self.mean, std=self.std, train=is_train,
+                padding=self.padding, hflip=self.hflip, seed=self.seed, classes=train.classes,
+            )
+
+        return subset(keep, True), subset(val, False)
+
+
+# --------------------------------------------------------------------------- helpers
+def _run(script: str, args: list[str], log: Path, threads: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", WANDB_MODE="disabled",
+               PYTHONPATH=os.pathsep.join([str(REPO / "bench"), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("PARTIALNET_RUN_NAME", None)
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=str(REPO), env=env,
+                          capture_output=True, text=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(proc.stdout + "\n----- stderr -----\n" + proc.stderr)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"{script} failed (exit {proc.returncode}, log {log}):\n{tail}")
+    print(f"  {script}: {time.time() - t0:.0f} s (log {log})", flush=True)
+    return proc
+
+
+def _last_metric(run_dir: Path, key: str) -> float | None:
+    value = None
+    with open(run_dir / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            if row.get(key) not in (None, ""):
+                value = float(row[key])
+    return value
+
+
+def _cost_table(input_size: int):
+    from partialnet.models.registry import create_model
+    from partialnet.search.cost_model import build_cost_table
+    from partialnet.search.supernet import DEFAULT_CANDIDATES, layer_specs
+
+    model = create_model(MODEL, num_classes=10, small_input=True)
+    specs = layer_specs(model, DEFAULT_CANDIDATES)
+    return specs, build_cost_table(model, specs, input_size)
+
+
+def random_architectures(n: int, seed: int, tol: float = 0.03, input_size: int = 32) -> list[list[float]]:
+    """``n`` per-layer ratio lists drawn uniformly per layer, kept when within +-tol of the r=1/4 MACs."""
+    specs, cost = _cost_table(input_size)
+    rng = random.Random(seed)
+    out, tries = [], 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200_000:
+            raise SystemExit(f"found only {len(out)} random architectures within +-{tol:.0%} in {tries} draws")
+        choice = [rng.choice([c for c, k in enumerate(s.ks) if k is not None]) for s in specs]
+        if abs(cost.macs_of(choice) / cost.reference_macs - 1) <= tol:
+            ratios = [float(s.candidates[c]) for s, c in zip(specs, choice)]
+            if ratios not in out and len(set(ratios)) > 1:
+                out.append(ratios)
+    return out
+
+
+def measure_arch(ratios: list[float] | None, threads: int, runs: int) -> dict:
+    from partialnet.deploy import fuse
+    from partialnet.measure import count
+    from partialnet.measure.speed import time_forward
+    from partialnet.models.registry import create_model
+
+    model = create_model(MODEL, num_classes=10, small_input=True, ratios=ratios).eval()
+    c = count(model, 32)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        speed = time_forward(fuse(model, channels_last=False), batch_size=1, input_size=32, warmup=10, runs=runs)
+    finally:
+        torch.set_num_threads(prev)
+    return {"macs": int(c["macs"]), "params": int(c["params"]), "latency_ms": speed.latency_ms,
+            "latency_min_ms": 1000 * speed.seconds_min, "latency_device": speed.device}
+
+
+# --------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke mode: tiny budget, one seed, one random arm")
+    ap.add_argument("--epochs", type=int, default=5, help="retrain epochs per arm")
+    ap.add_argument("--search-epochs", type=int, default=6, help="search epochs (warm-up included)")
+    ap.add_argument("--warmup-epochs", type=int, default=2, help="search warm-up epochs (weights only)")
+    ap.add_argument("--batches", type=int, default=156, help="training batches per epoch (all arms and the search)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--seeds", default="0,1", help="retrain seeds, comma-separated")
+    ap.add_argument("--random", type=int, default=2, help="random architectures (>= 2 for the proof)")
+    ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the training split held out for scoring")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
+    ap.add_argument("--latency-runs", type=int, default=50)
+    ap.add_argument("--out", default=str(REPO / "outputs" / "bench_search_quality"))
+    ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' = do not write RESULTS.md")
+    ap.add_argument("--search-override", action="append", default=[], help="extra search_dpconv.py override")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.epochs, a.search_epochs, a.warmup_epochs, a.batches, a.seeds, a.random = 1, 2, 1, 4, "0", 1
+        a.latency_runs = 10
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    common = ["experiment=cifar10_partialnet_t0", f"data.batch_size={a.batch_size}", f"data.val_fraction={a.holdout}",
+              f"trainer.limit_train_batches={a.batches}", "trainer.accelerator=cpu",
+              "logger=csv", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+              "callbacks.progress_bar=null", f"paths.log_dir={out}"]
+    print(f"search_quality: {MODEL} small-input 32px on CIFAR-10, hold-out {a.holdout:.0%} (split seed 0), "
+          f"{a.batches} batches x {a.batch_size} per epoch, retrain {a.epochs} epochs, seeds {seeds}, "
+          f"{a.threads} thread(s)", flush=True)
+
+    # 1. search (never sees the hold-out)
+    search_dir = out / "search" / "runs" / "searched"
+    if not (search_dir / "ratios.yaml").is_file():
+        print(f"[search] {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at flops_ratio=1.0", flush=True)
+        _run("search_dpconv.py", [*common, "data._target_=search_quality.SearchSplitCIFAR10", "run_name=searched",
+                                  "task_name=search",
+                                  f"trainer.max_epochs={a.search_epochs}", f"search.warmup_epochs={a.warmup_epochs}",
+                                  "search.flops_ratio=1.0", "ckpt_path=null", "trainer.limit_val_batches=10",
+                                  *a.search_override],
+             out / "logs" / "search.log", a.threads)
+    import yaml
+
+    searched = yaml.safe_load((search_dir / "ratios.yaml").read_text())
+    projection = _last_metric(search_dir, "search/projection_used")
+    print(f"  searched ratios {searched['ratios']} ({searched['macs'] / 1e6:.2f} MMACs, target "
+          f"{searched['target_macs'] / 1e6:.2f}; projection used: {bool(projection)})", flush=True)
+
+    # 2. arms
+    arms: dict[str, list[float] | None] = {"uniform r=1/4": None, "searched": list(searched["ratios"])}
+    for i, ratios in enumerate(random_architectures(a.random, seed=1234)):
+        arms[f"random {i + 1}"] = ratios
+    rows = []
+    for name, ratios in arms.items():
+        tag = name.replace(" ", "_").replace("=", "").replace("/", "-")
+        accs = []
+        for seed in seeds:
+            run_name = f"{tag}_s{seed}"
+            run_dir = out / "cifar10_partialnet_t0" / "runs" / run_name
+            if not (run_dir / "metrics.csv").is_file() or _last_metric(run_dir, "val/acc1") is None:
+                print(f"[{name}] seed {seed}: retrain {a.epochs} epochs", flush=True)
+                extra = [] if ratios is None else [f"model.ratios=[{','.join(f'{r:g}' for r in ratios)}]"]
+                _run("train.py", [*common, *extra, f"seed={seed}", f"run_name={run_name}", f"trainer.max_epochs={a.epochs}",
+                                  f"trainer.check_val_every_n_epoch={a.epochs}", "callbacks.best_checkpoint=null",
+                                  "ckpt_path=null"], out / "logs" / f"{run_name}.log", a.threads)
+            acc = _last_metric(run_dir, "val/acc1")
+            accs.append(acc)
+            print(f"  {name} seed {seed}: held-out top-1 {acc:.2f} %", flush=True)
+        m = measure_arch(ratios, a.threads, a.latency_runs)
+        row = dict(arm=name, ratios=ratios if ratios is not None else [0.25] * len(searched["ratios"]),
+                   acc_mean=statistics.mean(accs), acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                   accs=accs, **m)
+        rows.append(row)
+        print(f"  {name}: top-1 {row['acc_mean']:.2f} +- {row['acc_std']:.2f} % over {len(accs)} seed(s), "
+              f"{m['macs'] / 1e6:.2f} MMACs, {m['params'] / 1e6:.3f} M params, CPU latency {m['latency_ms']:.2f} ms "
+              f"(batch 1, {a.threads} thread(s), fused)", flush=True)
+
+    minutes = (time.time() - t_start) / 60
+    table = render(rows, a, seeds, minutes, bool(projection))
+    (out / "search_quality.md").write_text(table)
+    (out / "search_quality.json").write_text(json.dumps(rows, indent=1))
+    print(table, flush=True)
+    if a.results:
+        write_section(Path(a.results), table)
+        print(f"wrote {a.results} section '{SECTION[3:]}'", flush=True)
+    return 0
+
+
+def render(rows: list[dict], a, seeds: list[int], minutes: float, projection: bool) -> str:
+    best = max(rows, key=lambda r: r["acc_mean"])["arm"]
+    lines = [
+        SECTION, "",
+        f"PartialNet-T0 (small-input stem, 32 px), CIFAR-10 training split; scored on a class-stratified "
+        f"{a.holdout:.0%} hold-out the search never saw. Every arm: {a.epochs} epochs x {a.batches} batches of "
+        f"{a.batch_size}, seeds {seeds}; search: {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at "
+        f"flops_ratio=1.0{' (projection used)' if projection else ', argmax in band without projection'}. "
+        f"CPU latency: fused model, batch 1, {a.threads} thread(s), median. Wall time {minutes:.0f} min"
+        f"{' (--quick smoke run: numbers mean nothing)' if a.quick else ''}.", "",
+        "| arm | held-out top-1 (%) | per seed | MMACs | params (M) | CPU latency (ms) | ratios |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['arm']}{' (best)' if r['arm'] == best else ''} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f} | "
+            f"{', '.join(f'{x:.2f}' for x in r['accs'])} | {r['macs'] / 1e6:.2f} | {r['params'] / 1e6:.3f} | "
+            f"{r['latency_ms']:.2f} | {' '.join(f'{x:g}' for x in r['ratios'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) the section starting with :data:`SECTION` in ``path``, atomically."""
+    from partialnet.utils.atomic import atomic_write_text
+
+    text = path.read_text() if path.is_file() else ""
+    start = text.find(SECTION)
+    if start >= 0:
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("" if nxt < 0 else text[nxt:])
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    atomic_write_text(path, text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

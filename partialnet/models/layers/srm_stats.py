@@ -1,0 +1,73 @@
+"""Per-channel spatial mean and standard deviation: the statistics PAT_ch's SRM gate reads.
+
+``srm_statistics(x, eps)`` returns ``(mean, std)`` over the spatial positions of a
+(B, C, H, W) map, each of shape (B, C), with ``std = sqrt(max(unbiased var, eps))`` and the
+variance taken as 0 when there is a single position (H = W = 1). ``eps`` is a floor, not an
+addend: for every channel whose variance is above it (all but constant ones at the default
+1e-10) the std is exactly torch's unbiased ``std``, the statistic of the original PartialNet
+code, so converted weights give its outputs; the floor keeps the gradient finite on a constant
+channel (where it is zero). It is the one definition used
+by the model layer, its deploy form and the search supernet.
+
+The variance is computed in two passes (mean first, then the mean of squared deviations),
+which is several times faster than ``Tensor.var`` on CPU and numerically safe. When a gradient
+is needed the statistics run as one autograd function whose backward is a single fused
+multiply-add over the input::
+
+    dL/dx = dL/dmean / n + dL/dstd * (x - mean) / ((n - 1) * std)
+
+instead of the chain of saved intermediates (``x - mean``, its square, the sum, the sqrt) that
+autograd would otherwise record; it saves only the input and the two (B, C) results. Under
+``torch.compile`` the plain form is traced instead: the compiler fuses it by itself.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["srm_statistics"]
+
+
+def _mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, unbiased var)`` over dims (2, 3), each (B, C); var is 0 for a single position."""
+    n = x.shape[-2] * x.shape[-1]
+    mean = x.mean(dim=(2, 3))
+    if n > 1:
+        d = x - mean[:, :, None, None]
+        var = (d * d).sum(dim=(2, 3)) / (n - 1)
+    else:
+        var = torch.zeros_like(mean)
+    return mean, var
+
+
+class _MeanStd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, var = _mean_var(x)
+        std = var.clamp_min(eps).sqrt()
+        ctx.save_for_backward(x, mean, std)
+        ctx.floor = eps ** 0.5
+        return mean, std
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_mean: torch.Tensor | None, g_std: torch.Tensor | None):
+        x, mean, std = ctx.saved_tensors
+        n = x.shape[-2] * x.shape[-1]
+        if g_mean is None:
+            g_mean = torch.zeros_like(mean)
+        if g_std is None or n == 1:  # a single position: the std does not depend on x
+            g_std = torch.zeros_like(std)
+        coef = g_std / (std * max(n - 1, 1))  # dstd/dx = (x - mean) / ((n - 1) std)
+        coef = coef.masked_fill(std <= ctx.floor, 0.0)  # at the floor the std is a constant
+        shift = g_mean / n - mean * coef
+        return torch.addcmul(shift[:, :, None, None], x, coef[:, :, None, None]), None
+
+
+def srm_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` per channel of a (B, C, H, W) map, each (B, C); see the module docstring."""
+    if x.dim() != 4:
+        raise ValueError(f"srm_statistics expects a (B, C, H, W) map, got shape {tuple(x.shape)}")
+    if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
+        return _MeanStd.apply(x, float(eps))  # (a compiler fuses the plain form itself)
+    mean, var = _mean_var(x)
+    return mean, var.clamp_min(eps).sqrt()

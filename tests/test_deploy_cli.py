@@ -1,0 +1,65 @@
+"""`python -m partialnet.deploy ckpt=PATH onnx=OUT.onnx`: a checkpoint to a fused ONNX model,
+checked with onnxruntime; bad input is one line and exit 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, assert_user_error
+
+pytest.importorskip("onnxruntime")
+
+
+def _deploy(*args):
+    return subprocess.run([sys.executable, "-m", "partialnet.deploy", *args], cwd=str(REPO), capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from partialnet.models import create_model
+
+    torch.manual_seed(0)
+    raw, ema = create_model("partialnet_t0", num_classes=10), create_model("partialnet_t0", num_classes=10)
+    for m in (raw, ema):  # non-trivial BN statistics, so folding them matters
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+    sd = {**{f"model.{k}": v for k, v in raw.state_dict().items()},
+          **{f"ema.module.{k}": v for k, v in ema.state_dict().items()}}
+    meta = {"model_spec": {"name": "partialnet_t0", "kwargs": {"num_classes": 10}}, "num_classes": 10, "image_size": 64}
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": sd, "partialnet": meta}, path)
+    return path, raw.eval(), ema.eval()
+
+
+@pytest.mark.parametrize("weights", ["raw", "ema"])
+def test_checkpoint_to_fused_onnx(tmp_path, checkpoint, weights):
+    import onnxruntime as ort
+
+    path, raw, ema = checkpoint
+    out = tmp_path / f"{weights}.onnx"
+    proc = _deploy(f"ckpt={path}", f"onnx={out}", f"weights={weights}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {out} (fused, {weights} weights" in proc.stdout and "input 64x64" in proc.stdout
+    x = torch.randn(3, 3, 64, 64)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = (ema if weights == "ema" else raw)(x).numpy()
+        other = (raw if weights == "ema" else ema)(x).numpy()
+    assert np.abs(got - want).max() < 1e-4
+    assert np.abs(got - other).max() > 1e-3  # the requested weight set, not the other one
+
+
+def test_deploy_cli_errors(tmp_path, checkpoint):
+    path, _, _ = checkpoint
+    assert_user_error(_deploy(f"ckpt={tmp_path}/none.ckpt", f"onnx={tmp_path}/a.onnx"), "none.ckpt")
+    assert_user_error(_deploy(f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "weigths=ema"), "weigths=ema")
+    assert_user_error(_deploy(f"ckpt={path}"), "onnx=")
+    assert not list(tmp_path.glob("*.onnx"))

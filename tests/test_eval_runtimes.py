@@ -1,0 +1,78 @@
+"""eval.py runtime=eager|compile|onnxruntime|openvino: each runtime runs the same fused model and is
+checked against the model's eval outputs before it is timed; the table names the runtime."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import run_task
+from partialnet.deploy import fuse
+from partialnet.errors import UserError
+from partialnet.measure.runtimes import check_runner, make_runner
+from partialnet.models.registry import create_model
+
+SPEED = ["speed.runs=1", "speed.warmup=0", "speed.batch_size=2", "input_size=32"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = create_model("partialnet_t0", num_classes=10).eval()
+    for mod in m.modules():  # non-trivial BN statistics, so the fused form differs from a re-init
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.mark.parametrize("runtime", ["eager", "onnxruntime", "openvino"])
+def test_runtime_reproduces_the_model(model, runtime):
+    runner = make_runner(runtime, fuse(model), 32)
+    x = torch.randn(3, 3, 32, 32)
+    assert check_runner(runner, model, x, runtime) <= 1e-4
+    assert runner(x[:1]).shape == (1, 10)  # any batch size
+
+
+@pytest.mark.slow
+def test_compile_runtime_reproduces_the_model(model):
+    runner = make_runner("compile", fuse(model), 32)
+    assert check_runner(runner, model, torch.randn(2, 3, 32, 32), "compile") <= 1e-4
+
+
+def test_check_runner_refuses_another_computation(model):
+    other = create_model("partialnet_t0", num_classes=10).eval()
+    runner = make_runner("onnxruntime", fuse(other), 32)
+    with pytest.raises(UserError, match="runtime=onnxruntime does not reproduce the model"):
+        check_runner(runner, model, torch.randn(2, 3, 32, 32), "onnxruntime")
+
+
+def test_eval_table_names_the_runtime_of_each_figure(tmp_path):
+    run = run_task("eval", ["models=[partialnet_t0]", "runtime=[eager,onnxruntime]", "plot=true", *SPEED], tmp_path)
+    (row,) = run.result
+    assert list(row["fused_runtimes"]) == ["eager", "onnxruntime"]
+    for name, form in row["fused_runtimes"].items():
+        assert form["runtime"] == name and form["max_abs_diff"] <= 1e-4
+        assert form["throughput"]["runtime"] == name and form["throughput"]["images_per_s"] > 0
+        assert form["latency"]["batch_size"] == 1
+    assert row["fused_form"] is row["fused_runtimes"]["eager"]
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("| partialnet_t0")]
+    assert len(lines) == 2 and "| eager |" in lines[0] and "| onnxruntime |" in lines[1]
+    assert "runtime (fused)" in run.stdout and (tmp_path / "eval.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["runtime=tensorrt"], "runtime='tensorrt' is unknown; use one of eager|compile|onnxruntime|openvino"),
+    (["runtime=onnxruntime", "fused=false"], "runs the fused deploy form; drop fused=false"),
+])
+def test_bad_runtime_is_a_user_error(tmp_path, args, needle):
+    with pytest.raises(UserError, match=needle.replace("|", r"\|").replace("(", r"\(")):
+        run_task("eval", ["models=[partialnet_t0]", *args, *SPEED], tmp_path)
+
+
+def test_bad_runtime_through_the_cli(tmp_path):
+    """The README's row: exit code 2, one error line, no traceback, nothing written."""
+    from conftest import assert_user_error, run_cli
+
+    proc = run_cli("eval.py", ["models=[partialnet_t0]", "runtime=tensorrt", f"hydra.run.dir={tmp_path}/run"])
+    assert_user_error(proc, "runtime='tensorrt' is unknown; use one of eager|compile|onnxruntime|openvino")
+    assert not [p for ext in ("json", "md", "csv", "png") for p in tmp_path.rglob(f"eval.{ext}")]
