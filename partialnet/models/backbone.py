@@ -81,6 +81,7 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, act_layer: Callable[[], nn.Module], mlp_ratio: float = 2.0, pat_sp: bool = False):
         super().__init__()
         hidden = int(dim * mlp_ratio)
+        self.dim, self.ratio = int(dim), float(mlp_ratio)  # ratio: the expansion (what a search varies)
         self.fc1 = nn.Conv2d(dim, hidden, 1, bias=False)
         self.norm = nn.BatchNorm2d(hidden)
         self.act = act_layer()
@@ -208,6 +209,10 @@ class PartialChannelNet(nn.Module):
     def searchable_splits(self) -> list[nn.Module]:
         """The split modules (PAT_ch / PAT_sf / PConv), one per block, in network order."""
         return [block.mixer for stage in self.stages for block in stage.blocks]
+
+    def searchable_mlps(self) -> list[nn.Module]:
+        """The MLPs (:class:`Mlp`), one per block, in network order (their hidden width can be searched)."""
+        return [block.mlp for stage in self.stages for block in stage.blocks]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -1,13 +1,15 @@
-"""FLOPs target, constraint loss and the final projection onto the +-tolerance band.
+"""Budget target, constraint loss and the final projection onto the +-tolerance band.
 
-- Target: ``search.flops_target`` GMACs, or ``search.flops_ratio`` x the MACs of the default
-  (r = 1/4) model when ``flops_target`` is null. A target outside [cheapest, dearest]
+- Target (``search.constraint``): ``macs``: ``search.flops_target`` GMACs, or
+  ``search.flops_ratio`` x the MACs of the default (r = 1/4) model when ``flops_target`` is
+  null; ``params``: ``params_target`` (M) or ``params_ratio``; ``latency``:
+  ``latency_target_ms`` or ``latency_ratio``. A target outside [cheapest, dearest]
   configuration, or one no configuration reaches within the tolerance, is a :class:`UserError`
   raised before training.
-- Loss on the expected MACs E[F]: ``squared``: lambda * (E/T - 1)^2; ``hinge``:
+- Loss on the expected cost E[F] (MACs, params or ms): ``squared``: lambda * (E/T - 1)^2; ``hinge``:
   lambda * max(0, E/T - 1) (only exceeding the target costs).
-- Projection: the most probable configuration (max sum_l log p_l(r_l)) whose exact MACs lie
-  within ``T * (1 +- tol)``, by dynamic programming over layers on a fine MAC grid (a
+- Projection: the most probable configuration (max sum_l log p_l(r_l)) whose exact cost lies
+  within ``T * (1 +- tol)``, by dynamic programming over layers on a fine cost grid (a
   multiple-choice knapsack), checked with the exact table. Deterministic.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from partialnet.errors import UserError
 from partialnet.search.cost_model import CostTable
 
 __all__ = [
-    "LOSSES", "flops_loss", "resolve_target", "Projection", "project_to_band", "check_reachable", "argmax_choice",
+    "LOSSES", "BUDGET_KEYS", "flops_loss", "resolve_target", "Projection", "project_to_band", "check_reachable", "argmax_choice",
 ]
 
 LOSSES = ("squared", "hinge")
@@ -43,36 +45,60 @@ def _g(macs: float) -> str:
     return f"{macs / 1e9:.4g}"
 
 
-def resolve_target(cost: CostTable, flops_target: float | None, flops_ratio: float | None) -> float:
-    """Target MACs from the config; a :class:`UserError` when it is not a feasible target."""
+# Per metric: (absolute key, its unit, scale of that unit, ratio key, an example value)
+BUDGET_KEYS = {
+    "macs": ("flops_target", "GMACs", 1e9, "flops_ratio", 0.25),
+    "params": ("params_target", "M params", 1e6, "params_ratio", 3.0),
+    "latency": ("latency_target_ms", "ms", 1.0, "latency_ratio", 10.0),
+}
+
+
+def _positive(key: str, value, example, unit: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        of = f" of {unit}" if unit else ""
+        raise UserError(f"search.{key}={value!r} must be a positive number{of}, e.g. {example}")
+    return float(value)
+
+
+def resolve_target(cost: CostTable, target: float | None, ratio: float | None) -> float:
+    """Target in the table's raw units (MACs, parameters, ms) from the config's absolute budget
+    (GMACs, M params, ms) or its ratio to the reference model; a :class:`UserError` when it is
+    not a feasible target."""
+    metric = cost.metric
+    key, unit, scale, ratio_key, example = BUDGET_KEYS[metric]
     size = "x".join(str(s) for s in cost.input_size[1:])
-    if flops_target is not None:
-        if isinstance(flops_target, bool) or not isinstance(flops_target, (int, float)) or not flops_target > 0:
-            raise UserError(f"search.flops_target={flops_target!r} must be a positive number of GMACs, e.g. 0.25")
-        target = float(flops_target) * 1e9
-        what = f"search.flops_target={flops_target:g} GMACs"
-    elif flops_ratio is not None:
-        if isinstance(flops_ratio, bool) or not isinstance(flops_ratio, (int, float)) or not flops_ratio > 0:
-            raise UserError(f"search.flops_ratio={flops_ratio!r} must be a positive number, e.g. 1.0")
-        target = float(flops_ratio) * cost.reference_macs
-        what = (f"search.flops_ratio={flops_ratio:g} (= {_g(target)} GMACs; the r={cost.reference_ratio:g} model "
-                f"has {_g(cost.reference_macs)})")
+    if target is not None:
+        value = _positive(key, target, example, unit) * scale
+        what = f"search.{key}={target:g} {unit}"
+    elif ratio is not None:
+        value = _positive(ratio_key, ratio, 1.0) * cost.reference
+        what = (f"search.{ratio_key}={ratio:g} (= {value / scale:.4g} {unit}; the r={cost.reference_ratio:g} model "
+                f"has {cost.reference / scale:.4g})")
     else:
-        raise UserError("set search.flops_target (GMACs) or search.flops_ratio (x the r=1/4 model's MACs)")
-    lo, hi = cost.min_macs, cost.max_macs
-    if not lo <= target <= hi:
+        if metric == "macs":
+            raise UserError("set search.flops_target (GMACs) or search.flops_ratio (x the r=1/4 model's MACs)")
+        raise UserError(f"set search.{key} ({unit}) or search.{ratio_key} (x the r=1/4 model's) "
+                        f"for search.constraint={metric}")
+    lo, hi = cost.min_value, cost.max_value
+    if not lo <= value <= hi:
+        if metric == "macs":
+            raise UserError(
+                f"{what} is not feasible at {size}: the candidates give {_g(lo)} to {_g(hi)} GMACs "
+                f"(flops_ratio {lo / cost.reference:.3f} to {hi / cost.reference:.3f}; MACs = the papers' FLOPs); "
+                "pick a target in that range or change search.candidates"
+            )
         raise UserError(
-            f"{what} is not feasible at {size}: the candidates give {_g(lo)} to {_g(hi)} GMACs "
-            f"(flops_ratio {lo / cost.reference_macs:.3f} to {hi / cost.reference_macs:.3f}; MACs = the papers' FLOPs); "
+            f"{what} is not feasible at {size}: the candidates give {lo / scale:.4g} to {hi / scale:.4g} {unit} "
+            f"({ratio_key} {lo / cost.reference:.3f} to {hi / cost.reference:.3f}); "
             "pick a target in that range or change search.candidates"
         )
-    return target
+    return value
 
 
 @dataclass
 class Projection:
     choice: list[int]
-    macs: int
+    macs: float  # the table's metric (MACs for a MAC table)
     in_band: bool
     log_prob: float
 
@@ -80,14 +106,15 @@ class Projection:
 def project_to_band(
     cost: CostTable, log_probs: np.ndarray, target: float, tol: float, max_bins: int = 400_000
 ) -> Projection:
-    """The highest-log-probability configuration within ``target * (1 +- tol)`` (exact MACs).
+    """The highest-log-probability configuration within ``target * (1 +- tol)`` (the table's
+    exact values; the DP grid is only a search aid).
 
     ``log_probs`` (L, K): -inf (or any value) where a candidate is dropped is ignored. When no
     configuration is found in the band, the one closest to the target is returned with
     ``in_band=False``.
     """
     lp = np.asarray(log_probs, dtype=np.float64)
-    rows = cost.macs
+    rows = cost.values
     n_layers = len(rows)
     options = [[c for c, v in enumerate(row) if v is not None] for row in rows]
     base = cost.min_macs
@@ -97,7 +124,8 @@ def project_to_band(
     ]
     span = sum(max(deltas[l][c] for c in options[l]) for l in range(n_layers))
     lo, hi = target * (1.0 - tol), target * (1.0 + tol)
-    quantum = max(tol * target / (8.0 * max(1, n_layers)), span / max_bins, 1.0)
+    floor = 1.0 if cost.exact else 0.0  # integer tables need no grid finer than 1
+    quantum = max(tol * target / (8.0 * max(1, n_layers)), span / max_bins, floor, 1e-12)
     nb = int(math.ceil(span / quantum)) + n_layers + 2
     score = np.full(nb, -np.inf)
     exact = np.zeros(nb)
@@ -143,11 +171,15 @@ def project_to_band(
 
 def check_reachable(cost: CostTable, target: float, tol: float) -> list[int]:
     """A configuration within ``target * (1 +- tol)``; :class:`UserError` when there is none."""
-    proj = project_to_band(cost, np.zeros((cost.num_layers, len(cost.macs[0]))), target, tol)
+    proj = project_to_band(cost, np.zeros((cost.num_layers, len(cost.values[0]))), target, tol)
     if not proj.in_band:
+        if cost.metric == "macs":
+            where, closest = f"{_g(target)} GMACs", _g(proj.macs)
+        else:
+            where, closest = cost.format(target), cost.format(proj.macs)
         raise UserError(
-            f"no configuration of the candidates lands within +-{tol * 100:g} % of the target {_g(target)} GMACs "
-            f"(closest: {_g(proj.macs)}); pick another target, more candidates or a larger search.tolerance"
+            f"no configuration of the candidates lands within +-{tol * 100:g} % of the target {where} "
+            f"(closest: {closest}); pick another target, more candidates or a larger search.tolerance"
         )
     return proj.choice
 

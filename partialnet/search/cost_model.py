@@ -1,20 +1,28 @@
-"""Exact per-layer MAC table F[l][r] and the differentiable expected cost E[F].
+"""Per-layer cost table ``T[l][r]`` of one metric and the differentiable expected cost E[T].
 
-Built with :func:`partialnet.measure.count` (fvcore MACs, the papers' "FLOPs"), the same
-counter as everywhere else:
+Metrics (``search.constraint``):
+
+- ``macs`` (default): :func:`partialnet.measure.count` MACs (fvcore, the papers' "FLOPs");
+- ``params``: parameters counted by the same :func:`~partialnet.measure.count`, exact as MACs;
+- ``latency``: milliseconds from a per-layer lookup table (:mod:`partialnet.search.latency_table`).
+
+MACs and params are built the same way:
 
 - the input shape of every searchable split is recorded at the search resolution;
-- ``F[l][r]`` = ``count`` of a fresh static split of layer l's kind and width at candidate r,
-  alone, at that input shape (everything that depends on r: the 3x3 conv, PAT_ch's statistics
-  conv and norms, PAT_sf's LayerNorm, qkv, attention matmuls and projection);
-- ``F_fixed`` = ``count(model)`` minus the splits' own counts at the model's ratios.
+- ``T[l][r]`` = ``count`` of a fresh ``static_split(spec, r)`` alone, at that input shape
+  (everything that depends on r: the 3x3 conv, PAT_ch's statistics conv and norms, PAT_sf's
+  LayerNorm, qkv, attention matmuls and projection, its relative-position table);
+- ``T_fixed`` = ``count(model)`` minus the splits' own counts at the model's ratios.
 
-For any one-hot choice ``F_fixed + sum_l F[l][r_l]`` equals ``count`` of the static model with
-those ratios exactly (tested). ``E[F] = sum_l sum_r p_{l,r} F[l][r] + F_fixed``.
+For any one-hot choice ``T_fixed + sum_l T[l][r_l]`` equals ``count`` of the static model with
+those ratios exactly (tested). ``E[T] = sum_l sum_r p_{l,r} T[l][r] + T_fixed``.
+
+The attribute names of the MAC-only table (``macs``, ``reference_macs``, ``macs_of``,
+``min_macs``, ``max_macs``) are kept as aliases of the generic ones (``values``, ``reference``,
+``value_of``, ``min_value``, ``max_value``): for another metric they hold that metric's values.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -24,53 +32,116 @@ from partialnet.errors import UserError
 from partialnet.measure.count import _input_shape, count
 from partialnet.search.supernet import LayerSpec, static_split
 
-__all__ = ["CostTable", "build_cost_table", "split_input_shapes"]
+__all__ = ["METRICS", "CostTable", "build_cost_table", "split_input_shapes", "format_value"]
+
+METRICS = ("macs", "params", "latency")
+# How each metric is shown: (scale, unit)
+_DISPLAY = {"macs": (1e9, "GMACs"), "params": (1e6, "M params"), "latency": (1.0, "ms")}
 
 
-@dataclass
+def format_value(metric: str, value: float) -> str:
+    """``value`` (raw units: MACs, parameters, ms) in the metric's display unit, e.g. ``'0.2473 GMACs'``."""
+    scale, unit = _DISPLAY[metric]
+    return f"{value / scale:.4g} {unit}"
+
+
 class CostTable:
-    """``macs[l][c]``: MACs of layer l at candidate c (None where the candidate is dropped)."""
+    """``values[l][c]``: cost of layer l at candidate c (None where the candidate is dropped),
+    in raw units of ``metric`` (MACs, parameters or ms); ``fixed`` the rest of the model;
+    ``reference`` the whole model with every layer at ``reference_ratio`` (the default r = 1/4
+    model); ``meta`` what a measured table was measured on (latency)."""
 
-    macs: list[list[int | None]]
-    fixed: int
-    input_size: tuple[int, int, int]
-    reference_macs: int  # every layer at the reference ratio (the default r = 1/4 model)
-    reference_ratio: float
+    def __init__(
+        self,
+        values: list[list[float | None]] | None = None,
+        fixed: float = 0,
+        input_size: tuple[int, int, int] = (3, 224, 224),
+        reference: float | None = None,
+        reference_ratio: float = 0.25,
+        metric: str = "macs",
+        meta: dict | None = None,
+        *,
+        macs: list[list[int | None]] | None = None,
+        reference_macs: float | None = None,
+    ):
+        if metric not in METRICS:
+            raise UserError(f"search.constraint={metric!r} is unknown; choose one of {', '.join(METRICS)}")
+        self.values = values if values is not None else macs
+        if self.values is None:
+            raise TypeError("CostTable needs values (or macs)")
+        self.metric = metric
+        self.exact = metric != "latency"
+        cast = int if self.exact else float
+        self.values = [[None if v is None else cast(v) for v in row] for row in self.values]
+        self.fixed = cast(fixed)
+        self.input_size = tuple(int(s) for s in input_size)
+        ref = reference if reference is not None else reference_macs
+        self.reference = cast(ref) if ref is not None else None
+        self.reference_ratio = float(reference_ratio)
+        self.meta = dict(meta or {})
 
+    # ---- generic
     @property
     def num_layers(self) -> int:
-        return len(self.macs)
+        return len(self.values)
+
+    def format(self, value: float) -> str:
+        return format_value(self.metric, value)
 
     def valid(self) -> torch.Tensor:
-        return torch.tensor([[v is not None for v in row] for row in self.macs], dtype=torch.bool)
+        return torch.tensor([[v is not None for v in row] for row in self.values], dtype=torch.bool)
 
     def tensor(self, dtype=torch.float64, device=None) -> torch.Tensor:
         """(L, K) table with 0 where a candidate is dropped."""
-        return torch.tensor([[0 if v is None else v for v in row] for row in self.macs], dtype=dtype, device=device)
+        return torch.tensor([[0 if v is None else v for v in row] for row in self.values], dtype=dtype, device=device)
 
-    def macs_of(self, choice: Sequence[int]) -> int:
-        """Exact MACs of the static model with candidate ``choice[l]`` at layer l."""
+    def value_of(self, choice: Sequence[int]):
+        """Cost of the static model with candidate ``choice[l]`` at layer l (exact for macs/params)."""
         if len(choice) != self.num_layers:
             raise ValueError(f"{len(choice)} choices for {self.num_layers} layers")
         total = self.fixed
-        for row, c in zip(self.macs, choice):
+        for row, c in zip(self.values, choice):
             if row[c] is None:
                 raise ValueError(f"candidate {c} is not available at this layer")
             total += row[c]
-        return int(total)
+        return int(total) if self.exact else float(total)
 
     @property
-    def min_macs(self) -> int:
-        return int(self.fixed + sum(min(v for v in row if v is not None) for row in self.macs))
+    def min_value(self):
+        return self.fixed + sum(min(v for v in row if v is not None) for row in self.values)
 
     @property
-    def max_macs(self) -> int:
-        return int(self.fixed + sum(max(v for v in row if v is not None) for row in self.macs))
+    def max_value(self):
+        return self.fixed + sum(max(v for v in row if v is not None) for row in self.values)
 
     def expected(self, probs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """E[F] in MACs (float64, differentiable in ``probs`` (L, K))."""
+        """E[T] in raw units (float64, differentiable in ``probs`` (L, K))."""
         t = self.tensor(device=probs.device) if table is None else table
         return (probs.to(torch.float64) * t).sum() + float(self.fixed)
+
+    # ---- names of the MAC-only table, kept for the code that uses them
+    @property
+    def macs(self) -> list[list]:
+        return self.values
+
+    @property
+    def reference_macs(self):
+        return self.reference
+
+    def macs_of(self, choice: Sequence[int]):
+        return self.value_of(choice)
+
+    @property
+    def min_macs(self):
+        return self.min_value
+
+    @property
+    def max_macs(self):
+        return self.max_value
+
+    def __repr__(self) -> str:
+        return (f"CostTable(metric={self.metric!r}, layers={self.num_layers}, fixed={self.fixed}, "
+                f"reference={self.reference}, input_size={self.input_size})")
 
 
 def split_input_shapes(model: nn.Module, input_size) -> list[tuple[int, int, int]]:
@@ -95,37 +166,55 @@ def split_input_shapes(model: nn.Module, input_size) -> list[tuple[int, int, int
     return [tuple(int(v) for v in shapes[i]) for i in range(len(splits))]
 
 
-def _split_macs(spec: LayerSpec, ratio: float, shape: tuple, cache: dict) -> int:
-    key = (spec.kind, spec.dim, float(ratio), shape, tuple(sorted(spec.extra.items())))
+def split_key(spec: LayerSpec, ratio: float, shape: tuple) -> tuple:
+    """What a static split's cost depends on: kind, width, ratio, input shape, extra arguments."""
+    return (spec.kind, spec.dim, float(ratio), tuple(shape), tuple(sorted(spec.extra.items())))
+
+
+def _split_counts(spec: LayerSpec, ratio: float, shape: tuple, cache: dict) -> dict:
+    key = split_key(spec, ratio, shape)
     if key not in cache:
-        cache[key] = count(static_split(spec, ratio), shape)["macs"]
+        cache[key] = count(static_split(spec, ratio), shape)
     return cache[key]
 
 
 def build_cost_table(
-    model: nn.Module, specs: Sequence[LayerSpec], input_size, reference_ratio: float = 0.25
+    model: nn.Module,
+    specs: Sequence[LayerSpec],
+    input_size,
+    reference_ratio: float = 0.25,
+    metric: str = "macs",
+    cache: dict | None = None,
 ) -> CostTable:
-    """The cost table of ``specs`` for the **static** ``model`` they were taken from (call this
-    before :func:`~partialnet.search.supernet.to_supernet` converts it)."""
+    """The exact ``macs`` or ``params`` table of ``specs`` for the **static** ``model`` they were
+    taken from (call this before :func:`~partialnet.search.supernet.to_supernet` converts it).
+    ``cache`` (a dict) shares the per-split counts between the two metrics' tables. Latency
+    tables are measured by :func:`partialnet.search.latency_table.measure_latency_table`."""
+    if metric not in ("macs", "params"):
+        raise ValueError(f"build_cost_table counts macs or params, not {metric!r} (latency: latency_table)")
+    cache = {} if cache is None else cache
+
+    def cost_of(spec: LayerSpec, ratio: float, s: tuple) -> int:
+        return _split_counts(spec, ratio, s, cache)[metric]
+
     splits = list(model.searchable_splits())
     if len(splits) != len(specs):
         raise ValueError(f"the model has {len(splits)} searchable splits, {len(specs)} specs given")
     shape = _input_shape(input_size)
     shapes = split_input_shapes(model, shape)
-    total = count(model, shape)["macs"]
-    cache: dict = {}
+    total = count(model, shape)[metric]
     own = 0
     table: list[list[int | None]] = []
     reference = 0
     for spec, split, s in zip(specs, splits, shapes):
-        own += _split_macs(spec, split.ratio, s, cache)
-        table.append([None if k is None else _split_macs(spec, r, s, cache) for r, k in zip(spec.candidates, spec.ks)])
+        own += cost_of(spec, split.ratio, s)
+        table.append([None if k is None else cost_of(spec, r, s) for r, k in zip(spec.candidates, spec.ks)])
         try:
-            reference += _split_macs(spec, reference_ratio, s, cache)
+            reference += cost_of(spec, reference_ratio, s)
         except UserError as e:
             raise UserError(f"{spec.describe()}: the reference ratio {reference_ratio}: {e}") from None
     fixed = total - own
     return CostTable(
-        macs=table, fixed=int(fixed), input_size=tuple(shape), reference_macs=int(fixed + reference),
-        reference_ratio=float(reference_ratio),
+        table, fixed=int(fixed), input_size=tuple(shape), reference=int(fixed + reference),
+        reference_ratio=float(reference_ratio), metric=metric,
     )

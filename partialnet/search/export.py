@@ -8,8 +8,9 @@ result says whether it was used.
 ``ratios.yaml`` (see :mod:`partialnet.models.ratios_file`): ``model``, ``model_kwargs`` (every
 constructor argument that changes the built model from the registry default, e.g.
 ``num_classes`` and ``small_input``), ``input_size`` [C, H, W], ``ratios``, ``params`` and
-``macs`` counted on the rebuilt static model, ``target_macs``, ``config_hash``.
-``partialnet.create_model(model, ratios=ratios, **model_kwargs)`` rebuilds the architecture.
+``macs`` counted on the rebuilt static model, ``target_macs``, ``config_hash``; with
+``search.space=split+mlp`` also ``mlp_ratios`` (the chosen MLP expansion per block).
+``partialnet.create_model(model, ratios=ratios, mlp_ratios=mlp_ratios, **model_kwargs)`` rebuilds it.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class FinalChoice:
     projection_used: bool
     in_band: bool
     changed_layers: list[int] = field(default_factory=list)
+    mlp_ratios: list[float] | None = None  # per-block MLP expansion (split+mlp); None = the model's own
 
 
 def final_choice(
@@ -70,10 +72,12 @@ def final_choice(
         log_probs = F.log_softmax(masked_logits(logits, valid), dim=-1).numpy().astype(np.float64)
         proj = project_to_band(cost, log_probs, target, tol)
         choice, used, in_band = proj.choice, True, proj.in_band
-    ratios = [float(specs[l].candidates[c]) for l, c in enumerate(choice)]
+    ratios = [float(specs[l].candidates[c]) for l, c in enumerate(choice) if specs[l].kind != "mlp"]
+    mlp = [float(specs[l].candidates[c]) for l, c in enumerate(choice) if specs[l].kind == "mlp"]
     return FinalChoice(
         choice=list(choice), ratios=ratios, macs=cost.macs_of(choice), argmax_macs=arg_macs, projection_used=used,
         in_band=in_band, changed_layers=[l for l, (a, b) in enumerate(zip(arg, choice)) if a != b],
+        mlp_ratios=mlp or None,
     )
 
 
@@ -120,7 +124,8 @@ def plot_ratios(
     ax.set_title(title, fontsize=9)
     if probs is not None:
         ax2 = axes[1, 0]
-        cands = specs[0].candidates
+        cands = [c for c in specs[0].candidates if c is not None]  # padding (None) comes last
+        probs = np.asarray(probs)[:, : len(cands)]
         im = ax2.imshow(np.asarray(probs).T, aspect="auto", cmap="viridis", vmin=0, vmax=1)
         ax2.set_yticks(range(len(cands)))
         ax2.set_yticklabels([f"{c:g}" for c in cands], fontsize=7)
@@ -154,7 +159,7 @@ def export_ratios(
 ) -> dict:
     """Rebuild the static model, count it, write ``ratios.yaml`` and ``ratios.png``; returns a summary."""
     out_dir = Path(out_dir)
-    static = create_model(model_name, ratios=final.ratios, **model_kwargs)
+    static = create_model(model_name, ratios=final.ratios, mlp_ratios=final.mlp_ratios, **model_kwargs)
     counted = count(static, cost.input_size)
     if counted["macs"] != final.macs:  # the cost table is exact by construction (tested)
         log.warning("counted MACs %d differ from the cost table's %d", counted["macs"], final.macs)
@@ -162,6 +167,7 @@ def export_ratios(
         out_dir / "ratios.yaml",
         model=model_name,
         ratios=final.ratios,
+        mlp_ratios=final.mlp_ratios,
         model_kwargs=model_kwargs,
         input_size=list(cost.input_size),
         params=counted["params"],
@@ -170,9 +176,11 @@ def export_ratios(
         config_hash=cfg_hash,
     )
     rel = counted["macs"] / target - 1.0
+    n_split = len(final.ratios)  # the plot shows the split rows (the MLP widths are in the file)
+    split_probs = None if probs is None else np.asarray(probs)[:n_split]
     title = (f"{model_name} @ {cost.input_size[1]}x{cost.input_size[2]}: {counted['macs'] / 1e9:.4g} GMACs "
              f"({rel * 100:+.1f} % of target {target / 1e9:.4g})" + (", projected" if final.projection_used else ""))
-    png_path = plot_ratios(out_dir / "ratios.png", specs, final.ratios, probs, title)
+    png_path = plot_ratios(out_dir / "ratios.png", list(specs)[:n_split], final.ratios, split_probs, title)
     return {
         "ratios_yaml": yaml_path,
         "ratios_png": png_path,

@@ -240,11 +240,12 @@ class SearchModule(ClassificationModule):
         choice = self.eval_choice()
         # identical on every rank (DDP syncs the logits' gradients); sync_dist only silences Lightning
         kw = dict(on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
-        for l, spec in enumerate(self.specs):
-            for c, r in enumerate(self.candidates):
+        for l, spec in enumerate(self.specs):  # an MLP row logs its expansion ratios ("_mlp")
+            tag = "_mlp" if spec.kind == "mlp" else ""
+            for c, r in enumerate(spec.candidates):
                 if spec.ks[c] is not None:
-                    self.log(f"arch/l{l:02d}_p{_ratio_tag(r)}", float(probs[l, c]), **kw)
-            self.log(f"arch/l{l:02d}_ratio", float(self.candidates[choice[l]]), **kw)
+                    self.log(f"arch/l{l:02d}{tag}_p{_ratio_tag(r)}", float(probs[l, c]), **kw)
+            self.log(f"arch/l{l:02d}{tag or '_ratio'}", float(spec.candidates[choice[l]]), **kw)
         self.log("search/argmax_gmacs", self.cost.macs_of(choice) / 1e9, **kw)
 
     def on_train_epoch_end(self) -> None:

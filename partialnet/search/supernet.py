@@ -55,6 +55,10 @@ from partialnet.models.layers import PartialConv, PATChannel, PATSelf, StatsBatc
 from partialnet.models.layers.rpe import EuclideanRPE
 from partialnet.models.layers.srm_stats import srm_statistics
 from partialnet.models.module_utils import init_weights_, replace_submodule
+from partialnet.search.masked_mlp import (
+    DEFAULT_MLP_CANDIDATES, MaskedMlp, act_name, copy_masked_to_static_mlp, copy_static_to_masked_mlp, hidden_widths,
+    parse_mlp_candidates, static_mlp,
+)
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -71,10 +75,17 @@ __all__ = [
     "masked_modules",
     "arch_choice",
     "onehot_weights",
+    "SPACES",
+    "searchable_rows",
+    "SearchSpaceView",
+    "split_rows",
+    "mlp_rows",
 ]
 
 DEFAULT_CANDIDATES = (0.5, 0.25, 0.125, 0.0625)
 KINDS = ("pconv", "pat_ch", "pat_sf")
+# What is searched: the mixers' split ratio, or that plus each block's MLP hidden width.
+SPACES = ("split", "split+mlp")
 
 
 # --------------------------------------------------------------------------- candidates
@@ -116,12 +127,12 @@ class LayerSpec:
     """One searchable layer: where it is, what it is, and its candidate conv widths."""
 
     index: int
-    name: str  # module path inside the backbone, e.g. "stages.3.blocks.1.mixer"
-    kind: str  # 'pconv' | 'pat_ch' | 'pat_sf'
+    name: str  # module path inside the backbone, e.g. "stages.3.blocks.1.mixer" (or ".mlp")
+    kind: str  # 'pconv' | 'pat_ch' | 'pat_sf' | 'mlp'
     dim: int
-    candidates: list[float]
-    ks: list[int | None]
-    extra: dict = field(default_factory=dict)  # pat_sf: num_heads (requested), attn_drop, proj_drop, num_buckets
+    candidates: list[float | None]  # conv ratios (mlp: expansion ratios); None = padding to the common K
+    ks: list[int | None]  # conv widths (mlp: hidden widths); None = dropped or padding
+    extra: dict = field(default_factory=dict)  # pat_sf: num_heads, attn_drop, proj_drop, num_buckets; mlp: act, pat_sp, own
 
     @property
     def valid(self) -> list[bool]:
@@ -142,11 +153,16 @@ class LayerSpec:
         return f"layer {self.index} ({self.name}, {self.kind}, width {self.dim})"
 
     def reference_index(self, ratio: float = 0.25) -> int:
-        """The candidate with the conv width of ``ratio`` if there is one, else the middle one (by width)."""
-        try:
-            k_ref = conv_channels(self.dim, ratio)
-        except UserError:
-            k_ref = None
+        """The candidate with the conv width of ``ratio`` if there is one, else the middle one (by width).
+
+        An MLP row's reference is the model's own expansion (``ratio`` is a split ratio)."""
+        if self.kind == "mlp":
+            k_ref = int(self.dim * self.extra["own"])
+        else:
+            try:
+                k_ref = conv_channels(self.dim, ratio)
+            except UserError:
+                k_ref = None
         for c, k in enumerate(self.ks):
             if k is not None and k == k_ref:
                 return c
@@ -387,7 +403,9 @@ def _kind_of(split: nn.Module) -> str:
 
 
 def static_split(spec: LayerSpec, ratio: float) -> nn.Module:
-    """A fresh static split module of ``spec``'s kind and width at ``ratio``."""
+    """A fresh static module of ``spec``'s kind and width at ``ratio`` (an MLP row: expansion ``ratio``)."""
+    if spec.kind == "mlp":
+        return static_mlp(spec.dim, ratio, spec.extra["act"], spec.extra["pat_sp"])
     if spec.kind == "pconv":
         return PartialConv(spec.dim, ratio)
     if spec.kind == "pat_ch":
@@ -450,13 +468,83 @@ def _num_heads_request(split: PATSelf, num_heads: int | None, where: str) -> int
     return int(req)
 
 
+def _check_space(space: str) -> str:
+    if space not in SPACES:
+        raise UserError(f"search.space={space!r} is unknown; choose one of {', '.join(SPACES)}")
+    return space
+
+
+def searchable_rows(model: nn.Module, space: str = "split") -> list[nn.Module]:
+    """The modules a search over ``space`` varies, one per row: the splits, then (``split+mlp``) the MLPs."""
+    rows = list(model.searchable_splits())
+    if _check_space(space) == "split+mlp":
+        if not hasattr(model, "searchable_mlps"):
+            raise UserError(f"{type(model).__name__} has no searchable MLPs; use search.space=split")
+        rows += list(model.searchable_mlps())
+    return rows
+
+
+class SearchSpaceView(nn.Module):
+    """``model`` whose ``searchable_splits()`` lists every row of ``space`` (for the cost table,
+    which measures each row's candidates with :func:`static_split`). Forward = the model's."""
+
+    def __init__(self, model: nn.Module, space: str):
+        super().__init__()
+        self.model = model
+        self._rows = searchable_rows(model, space)
+
+    def searchable_splits(self) -> list[nn.Module]:
+        return list(self._rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def split_rows(specs: Sequence[LayerSpec]) -> list[LayerSpec]:
+    return [s for s in specs if s.kind != "mlp"]
+
+
+def mlp_rows(specs: Sequence[LayerSpec]) -> list[LayerSpec]:
+    return [s for s in specs if s.kind == "mlp"]
+
+
+def _mlp_specs(model: nn.Module, candidates: list[float], start: int) -> list[LayerSpec]:
+    names = {id(m): n for n, m in model.named_modules()}
+    specs = []
+    for i, mlp in enumerate(model.searchable_mlps()):
+        spec = LayerSpec(
+            index=start + i, name=names[id(mlp)], kind="mlp", dim=mlp.dim, candidates=list(candidates),
+            ks=hidden_widths(mlp.dim, candidates),
+            extra=dict(act=act_name(mlp), pat_sp=not isinstance(mlp.pat_sp, nn.Identity), own=float(mlp.ratio)),
+        )
+        if not any(spec.valid):
+            raise UserError(f"{spec.describe()}: no search.mlp_candidates value gives a hidden width >= 1; "
+                            f"use ratios >= {1 / mlp.dim:.4g}")
+        specs.append(spec)
+    return specs
+
+
+def _pad(specs: list[LayerSpec]) -> list[LayerSpec]:
+    """Every row padded to the same number of candidates (None = not available)."""
+    k = max(len(s.ks) for s in specs)
+    for s in specs:
+        s.candidates = list(s.candidates) + [None] * (k - len(s.candidates))
+        s.ks = list(s.ks) + [None] * (k - len(s.ks))
+    return specs
+
+
 def layer_specs(
-    model: nn.Module, candidates: Sequence[float] = DEFAULT_CANDIDATES, num_heads: int | None = None
+    model: nn.Module, candidates: Sequence[float] = DEFAULT_CANDIDATES, num_heads: int | None = None,
+    space: str = "split", mlp_candidates: Sequence[float] = DEFAULT_MLP_CANDIDATES,
 ) -> list[LayerSpec]:
-    """One :class:`LayerSpec` per ``model.searchable_splits()`` module, in network order."""
+    """One :class:`LayerSpec` per row of ``searchable_rows(model, space)``: every
+    ``model.searchable_splits()`` module in network order, then (``split+mlp``) every MLP."""
     candidates = parse_candidates(list(candidates))
     if not hasattr(model, "searchable_splits"):
         raise UserError(f"{type(model).__name__} has no searchable splits; search PartialNet, PATNet or FasterNet models")
+    if _check_space(space) == "split+mlp":
+        mlp_candidates = parse_mlp_candidates(None if mlp_candidates is None else list(mlp_candidates))
+        searchable_rows(model, space)  # the model lists its MLPs
     names = {id(m): n for n, m in model.named_modules()}
     specs: list[LayerSpec] = []
     for index, split in enumerate(model.searchable_splits()):
@@ -478,24 +566,33 @@ def layer_specs(
                 num_buckets=int(split.rpe.num_buckets),
             )
         specs.append(spec)
+    if space == "split+mlp":
+        specs = _pad(specs + _mlp_specs(model, mlp_candidates, len(specs)))
     return specs
 
 
 def to_supernet(
-    model: nn.Module, candidates: Sequence[float] = DEFAULT_CANDIDATES, num_heads: int | None = None
+    model: nn.Module, candidates: Sequence[float] = DEFAULT_CANDIDATES, num_heads: int | None = None,
+    space: str = "split", mlp_candidates: Sequence[float] = DEFAULT_MLP_CANDIDATES,
 ) -> list[LayerSpec]:
     """Turn ``model`` (any PartialNet / PATNet / FasterNet) into a supernet, **in place**.
 
     Every split of ``model.searchable_splits()`` is replaced by its masked counterpart; the
     static split's weights are copied into the slices they correspond to (so the one-hot
     supernet at the model's own ratios is the model), the rest is initialised like the
-    backbone. Returns one :class:`LayerSpec` per layer, in network order.
+    backbone. Returns one :class:`LayerSpec` per row of ``space``, in that order. With
+    ``split+mlp`` every MLP becomes a :class:`MaskedMlp` of the largest candidate width.
     """
-    specs = layer_specs(model, candidates, num_heads)
-    for spec, split in zip(specs, list(model.searchable_splits())):
-        masked = _MASKED[spec.kind](spec)
-        if spec.k_min <= split.dim_conv <= spec.k_max:
-            copy_static_to_masked(split, masked)
+    specs = layer_specs(model, candidates, num_heads, space, mlp_candidates)
+    for spec, split in zip(specs, searchable_rows(model, space)):
+        if spec.kind == "mlp":
+            masked = MaskedMlp(spec, split)
+            if split.fc1.out_channels <= spec.k_max:
+                copy_static_to_masked_mlp(split, masked)
+        else:
+            masked = _MASKED[spec.kind](spec)
+            if spec.k_min <= split.dim_conv <= spec.k_max:
+                copy_static_to_masked(split, masked)
         ref = next(p for p in split.parameters())
         masked.to(device=ref.device, dtype=ref.dtype)
         masked.train(split.training)
@@ -503,15 +600,15 @@ def to_supernet(
     return specs
 
 
-def masked_modules(model: nn.Module, specs: Sequence[LayerSpec]) -> list[_MaskedSplit]:
+def masked_modules(model: nn.Module, specs: Sequence[LayerSpec]) -> list[nn.Module]:
     return [model.get_submodule(s.name) for s in specs]
 
 
 def extract_static(model: nn.Module, specs: Sequence[LayerSpec], choice: Sequence[int]) -> nn.Module:
     """The static model of candidate ``choice[l]`` at every layer, with the supernet's weight slices.
 
-    A deep copy of the supernet whose masked splits are replaced by static ones; its state
-    dict matches ``create_model(name, ratios=[...])``.
+    A deep copy of the supernet whose masked rows are replaced by static ones; its state
+    dict matches ``create_model(name, ratios=[...], mlp_ratios=[...])``.
     """
     if len(choice) != len(specs):
         raise UserError(f"{len(choice)} choices given for {len(specs)} searchable layers")
@@ -525,7 +622,7 @@ def extract_static(model: nn.Module, specs: Sequence[LayerSpec], choice: Sequenc
         split = static_split(spec, spec.candidates[c])
         ref = next(p for p in masked.parameters())
         split.to(device=ref.device, dtype=ref.dtype)
-        copy_masked_to_static(masked, split)
+        (copy_masked_to_static_mlp if spec.kind == "mlp" else copy_masked_to_static)(masked, split)
         split.train(masked.training)
         replace_submodule(static, spec.name, split)
     return static
