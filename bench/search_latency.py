@@ -4,8 +4,8 @@
                                    [--device cpu] [--runs 10] [--rounds 3] [--random 4] [--seed 0]
 
 1. Measures the per-layer latency table of ``--model`` (fused form of every split and
-   candidate, at its input shape; fixed part = fused whole model minus its layers), as
-   ``python -m partialnet.search.latency_table`` does.
+   candidate, at its input shape; fixed part = fused whole model minus its layers; the fastest
+   of ``--runs`` calls, over ``--rounds`` rounds), as ``python -m partialnet.search.latency_table`` does.
 2. Architectures: uniform r = 1/2, 1/4, 1/8, 1/16 (where a layer lacks the ratio: its nearest
    candidate) and ``--random`` random per-layer choices.
 3. Each architecture's static model is built, fused and timed (the fastest of ``--runs`` calls
@@ -67,7 +67,8 @@ def main() -> int:
     specs = layer_specs(model, list(DEFAULT_CANDIDATES))
     t0 = time.perf_counter()
     table = measure_latency_table(model, specs, model_name=args.model, model_kwargs={}, input_size=args.size,
-                                  batch_size=args.batch_size, threads=args.threads, device=device, runs=args.runs)
+                                  batch_size=args.batch_size, threads=args.threads, device=device, runs=args.runs,
+                                  rounds=args.rounds)
     t_table = time.perf_counter() - t0
     cost = table.cost_table()
     print(f"table: {table.describe()}; {len(specs)} layers, fixed part {table.fixed_ms:.3f} ms, feasible "

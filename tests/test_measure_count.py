@@ -88,7 +88,13 @@ def test_format_counts():
 
 
 def test_counts_follow_per_layer_ratios():
-    base = count(partialnet.create_model("partialnet_t0"), 64)["macs"]
-    small = count(partialnet.create_model("partialnet_t0", split_ratio=0.125), 64)["macs"]
-    assert small != base
-    assert torch.isfinite(torch.tensor(float(small)))
+    """Per-layer ratios (not a global one) reach the count: all-1/4 equals the global 1/4 model,
+    and raising one layer's ratio adds MACs that depend on which layer it is."""
+    base = count(partialnet.create_model("partialnet_t0", ratios=[0.25] * 13), 64)["macs"]
+    assert base == count(partialnet.create_model("partialnet_t0", split_ratio=0.25), 64)["macs"]
+    deltas = []
+    for i in (0, 12):
+        r = [0.25] * 13
+        r[i] = 0.5
+        deltas.append(count(partialnet.create_model("partialnet_t0", ratios=r), 64)["macs"] - base)
+    assert all(d > 0 for d in deltas) and deltas[0] != deltas[1]

@@ -119,7 +119,9 @@ def test_small_input_and_train_step():
     model.train()
     loss = model(x).logsumexp(1).mean()
     loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing  # every parameter takes part in the loss
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     model(x[:1]).sum().backward()  # batch 1 in train mode (stage-4 maps are 2x2)
 
 

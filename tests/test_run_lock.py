@@ -69,3 +69,17 @@ def test_stale_lock_is_taken_over_with_a_warning_and_released(tmp_path):
     assert acquire_run_lock(tmp_path) == lock  # idempotent for the holder
     release_run_lock(tmp_path)
     assert not lock.exists()
+
+
+def test_requeued_slurm_job_takes_over_its_own_lock_from_another_node(tmp_path, monkeypatch):
+    """A requeued SLURM job may restart on another node: the lock of the same job id is taken
+    over (with a warning), while another job's lock from another host is still refused."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "node-a", "started": "x", "job": "4242"}))
+    with pytest.warns(UserWarning, match="earlier incarnation of SLURM job 4242"):
+        lock = acquire_run_lock(tmp_path)
+    assert json.loads(lock.read_text())["job"] == "4242"
+    release_run_lock(tmp_path)
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "node-a", "started": "x", "job": "777"}))
+    with pytest.raises(UserError, match="node-a"):
+        acquire_run_lock(tmp_path)

@@ -123,6 +123,7 @@ def _table_cli(args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # two processes: ~15 s on a busy box
 def test_latency_table_cli_writes_a_table_and_refuses_bad_arguments(tmp_path):
     out = tmp_path / "t.json"
     args = ["--model", "partialnet_t0", "--kwarg", "num_classes=10", "--kwarg", "small_input=true",
@@ -142,8 +143,9 @@ def test_latency_table_cli_writes_a_table_and_refuses_bad_arguments(tmp_path):
         (["search.constraint=energy"], ["search.constraint='energy'", "macs, params, latency"]),
         (["search.constraint=params", "search.params_ratio=0.5"], ["params_ratio=0.5", "not feasible", "M params"]),
         (["search.constraint=params"], ["search.params_target", "params_ratio"]),
+        (["search.latency_target_ms=5"], ["search.latency_target_ms", "constraint=macs", "constraint=latency"]),
     ],
-    ids=["unknown-constraint", "params-out-of-range", "no-params-budget"],
+    ids=["unknown-constraint", "params-out-of-range", "no-params-budget", "budget-of-another-constraint"],
 )
 def test_constraint_cli_errors_are_one_line(tmp_path, overrides, needles):
     proc = run_cli("search_dpconv.py", [*FAST_SEARCH, *overrides, f"hydra.run.dir={tmp_path}/s"])
@@ -151,6 +153,7 @@ def test_constraint_cli_errors_are_one_line(tmp_path, overrides, needles):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.slow  # two processes: ~15 s on a busy box
 def test_latency_cli_refuses_a_table_for_another_model_and_an_out_of_range_budget(tmp_path, small_table):
     _, _, table = small_table
     other = LatencyTable(**{**table.__dict__, "model": "fasternet_t0"})
@@ -191,3 +194,31 @@ def test_params_constrained_search_lands_in_band_without_projection(tmp_path):
     assert abs(counted / target - 1) <= 0.03, (counted, target)
     assert metrics["search/final_rel_error"] == pytest.approx(counted / target - 1)
     assert torch.isfinite(torch.tensor(metrics["search/final_gmacs"]))
+
+
+@pytest.mark.slow
+def test_latency_constrained_search_prints_predicted_and_measured(tmp_path, small_table, capsys):
+    """Plumbing: a table file drives the search; the export prints and logs predicted vs measured
+    latency of the fused exported model and records the constraint in ratios.yaml."""
+    from test_search_loop import SMALL_SEARCH, _compose
+
+    from partialnet.search.search_task import search
+
+    _, _, table = small_table
+    path = table.save(tmp_path / "table.json")
+    out = tmp_path / "run"
+    cfg = _compose([*SMALL_SEARCH, "trainer.max_epochs=2", "search.constraint=latency", f"search.latency_table={path}",
+                    "search.latency_ratio=1.0", "search.latency_device=cpu", f"paths.output_dir={out}",
+                    f"paths.log_dir={tmp_path}"])
+    metrics = search(cfg)
+    printed = capsys.readouterr().out
+    assert "latency of the exported model (fused, batch 1, 1 threads" in printed and "measured" in printed
+    info = yaml.safe_load((out / "ratios.yaml").read_text())
+    assert info["constraint"] == "latency" and info["constraint_unit"] == "ms" and info["target_macs"] is None
+    choice = [s.candidates.index(r) for s, r in zip(_model_and_specs()[1], info["ratios"])]
+    predicted = table.cost_table().value_of(choice)
+    assert metrics["search/latency_predicted_ms"] == pytest.approx(predicted)
+    assert info["constraint_value"] == pytest.approx(predicted)
+    assert info["latency_measured_ms"] > 0
+    assert metrics["search/latency_measured_ms"] == pytest.approx(info["latency_measured_ms"])
+    assert info["latency_device"] == table.device and info["macs"] > 0

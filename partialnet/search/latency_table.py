@@ -103,13 +103,15 @@ def _time_ms(module: nn.Module, shape: Sequence[int], batch_size: int, device: t
 
 
 def measure_model_ms(model: nn.Module, input_size: int, batch_size: int = 1, device: str | torch.device = "cpu",
-                     threads: int | None = None, warmup: int = 5, runs: int = 20) -> float:
-    """ms of the fused ``model`` (a static PartialChannelNet) at ``input_size``: the fastest of ``runs``,
-    as the table's rows are timed."""
+                     threads: int | None = None, warmup: int = 5, runs: int = 20, rounds: int = 3) -> float:
+    """ms of the fused ``model`` (a static PartialChannelNet) at ``input_size``: the fastest of
+    ``rounds`` x ``runs`` calls, as the table's rows are timed."""
     from partialnet.deploy.fusion import fuse
 
+    fused = fuse(model)
     with _threads(threads):
-        return 1000.0 * time_forward(fuse(model), batch_size, input_size, device, warmup=warmup, runs=runs).seconds_min
+        return 1000.0 * min(time_forward(fused, batch_size, input_size, device, warmup=warmup, runs=runs).seconds_min
+                            for _ in range(max(1, int(rounds))))
 
 
 class _threads:
@@ -149,6 +151,7 @@ class LatencyTable:
     model_ms: float  # the fused model as built, measured
     reference_ms: float  # every layer at reference_ratio (predicted)
     runs: int = 20
+    rounds: int = 1
     format: str = FORMAT
     version: int = VERSION
     extra: dict = field(default_factory=dict)
@@ -185,7 +188,7 @@ class LatencyTable:
             raise UserError(f"latency table {p} has version {data.get('version')!r}, this code reads {VERSION}; "
                             f"measure it again")
         names = set(cls.__dataclass_fields__)
-        missing = sorted(names - set(data) - {"runs", "extra"})
+        missing = sorted(names - set(data) - {"runs", "rounds", "extra"})
         if missing:
             raise UserError(f"latency table {p} lacks {missing}; measure it again")
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -242,6 +245,7 @@ def measure_latency_table(
     reference_ratio: float = 0.25,
     warmup: int = 5,
     runs: int = 20,
+    rounds: int = 3,
     rows: nn.Module | None = None,
     log=None,
 ) -> LatencyTable:
@@ -267,33 +271,39 @@ def measure_latency_table(
         raise ValueError(f"the model has {len(splits)} searchable rows, {len(specs)} specs given")
     shapes = split_input_shapes(rows, shape)
     channels_last = True  # fuse()'s default: the fused stem moves the input to channels_last
-    cache: dict = {}
-
-    def row_ms(spec: LayerSpec, ratio: float, s: tuple) -> float:
-        key = split_key(spec, ratio, s)
-        if key not in cache:
-            cache[key] = _time_ms(fuse_split(static_split(spec, ratio)), s, batch_size, dev, channels_last,
-                                  warmup, runs)
-        return cache[key]
+    # every distinct (kind, width, ratio, shape) once; the model's own ratios and the reference too
+    needed = [(spec, r, s) for spec, split, s in zip(specs, splits, shapes)
+              for r in [c for c, k in zip(spec.candidates, spec.ks) if k is not None]
+              + [split.ratio, split.ratio if spec.kind == "mlp" else reference_ratio]]
+    modules: dict = {}
+    for spec, r, s in needed:
+        key = split_key(spec, r, s)
+        if key not in modules:
+            modules[key] = (fuse_split(static_split(spec, r)), s)
 
     with _threads(threads):
         used_threads = torch.get_num_threads()
         fused = fuse(copy.deepcopy(model).cpu().float().eval(), channels_last=channels_last)
+        # rounds over the whole model and every row, the fastest of each counting, so that a burst of
+        # other load on the machine hits one round, not one row; a process's first calls are slow too
+        model_ms, best = float("inf"), {key: float("inf") for key in modules}
+        for _ in range(max(1, int(rounds))):
+            t = time_forward(fused, batch_size, shape[1], dev, warmup=warmup, runs=runs).seconds_min
+            model_ms = min(model_ms, 1000.0 * t)
+            for key, (module, s) in modules.items():
+                best[key] = min(best[key], _time_ms(module, s, batch_size, dev, channels_last, warmup, runs))
 
-        def whole_ms() -> float:
-            return 1000.0 * time_forward(fused, batch_size, shape[1], dev, warmup=warmup, runs=runs).seconds_min
+    def row_ms(spec: LayerSpec, ratio: float, s: tuple) -> float:
+        return best[split_key(spec, ratio, s)]
 
-        # timed before and after the layers (the fastest counts): a process's first runs are slow
-        model_ms = whole_ms()
-        table, own, reference = [], 0.0, 0.0
-        for spec, split, s in zip(specs, splits, shapes):
-            table.append([None if k is None else row_ms(spec, r, s) for r, k in zip(spec.candidates, spec.ks)])
-            own += row_ms(spec, split.ratio, s)
-            reference += row_ms(spec, split.ratio if spec.kind == "mlp" else reference_ratio, s)
-            if log is not None:
-                log(f"  {spec.describe()}: " + ", ".join(
-                    f"r={r:g} {v:.3f} ms" for r, v in zip(spec.candidates, table[-1]) if v is not None))
-        model_ms = min(model_ms, whole_ms())
+    table, own, reference = [], 0.0, 0.0
+    for spec, split, s in zip(specs, splits, shapes):
+        table.append([None if k is None else row_ms(spec, r, s) for r, k in zip(spec.candidates, spec.ks)])
+        own += row_ms(spec, split.ratio, s)
+        reference += row_ms(spec, split.ratio if spec.kind == "mlp" else reference_ratio, s)
+        if log is not None:
+            log(f"  {spec.describe()}: " + ", ".join(
+                f"r={r:g} {v:.3f} ms" for r, v in zip(spec.candidates, table[-1]) if v is not None))
     fixed = model_ms - own
     return LatencyTable(
         model=model_name, model_kwargs=_plain(model_kwargs), input_size=list(shape),
@@ -301,7 +311,7 @@ def measure_latency_table(
         device=device_name(dev), device_type=dev.type, batch_size=int(batch_size), threads=int(used_threads),
         channels_last=channels_last, torch=torch.__version__,
         layers=[dict(name=s.name, kind=s.kind, dim=s.dim) for s in specs], ms=table, fixed_ms=float(fixed),
-        model_ms=float(model_ms), reference_ms=float(fixed + reference), runs=int(runs),
+        model_ms=float(model_ms), reference_ms=float(fixed + reference), runs=int(runs), rounds=int(rounds),
     )
 
 
@@ -335,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--candidates", default=None, help="comma-separated split ratios (default: the search's)")
     ap.add_argument("--num-heads", type=int, default=None, help="as search.num_heads")
     ap.add_argument("--reference-ratio", type=float, default=0.25)
-    ap.add_argument("--runs", type=int, default=20, help="timed runs per layer and candidate (median)")
+    ap.add_argument("--runs", type=int, default=20, help="timed calls per layer and candidate per round (fastest)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over the model and every row (fastest)")
     ap.add_argument("--out", required=True, help="the table file to write (JSON)")
     args = ap.parse_args(argv)
     try:
@@ -352,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = measure_latency_table(
             model, specs, model_name=args.model, model_kwargs=non_default_kwargs(args.model, kwargs),
             input_size=args.input_size, batch_size=args.batch_size, threads=args.threads, device=args.device,
-            reference_ratio=args.reference_ratio, runs=args.runs, log=print,
+            reference_ratio=args.reference_ratio, runs=args.runs, rounds=args.rounds, log=print,
         )
         path = table.save(args.out)
     except UserError as e:

@@ -22,6 +22,8 @@
   and decays back to 1 inside it (dual ascent; a persistent buffer, so resume stays exact).
   With a constraint on E[F] alone, E[F] met the target while the argmax sat at the dearest
   configuration (+11-14 %). ``search.entropy_weight`` adds an optional late entropy penalty.
+- Rows: one per searchable split, plus (``search.space=split+mlp``) one per block's MLP hidden
+  width; rows with fewer candidates are padded to a common K and masked by ``arch_valid``.
 - Validation (and ``forward``) always runs the argmax one-hot architecture (the warm-up one
   during warm-up): the same masked operator as in training, exactly the static model.
 - Randomness: the parent re-seeds the global RNGs per (seed, epoch, rank), so Gumbel noise

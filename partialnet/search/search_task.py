@@ -52,8 +52,13 @@ def _check_search_cfg(s: dict, max_epochs: int) -> None:
         raise UserError(f"search.space={s.get('space')!r} is unknown; choose one of {', '.join(SPACES)}")
     if s.get("space") == "split+mlp":
         parse_mlp_candidates(s.get("mlp_candidates"))
-    if False:
+    if s.get("constraint", "macs") not in METRICS:
         raise UserError(f"search.constraint={s.get('constraint')!r} is unknown; choose one of {', '.join(METRICS)}")
+    for metric, (key, _, _, ratio_key, _) in BUDGET_KEYS.items():  # a budget for another constraint: say so
+        stray = [k for k in (key, ratio_key) if k != "flops_ratio" and s.get(k) is not None]
+        if metric != s.get("constraint", "macs") and stray:
+            raise UserError(f"search.{stray[0]} is a {metric} budget but search.constraint={s.get('constraint', 'macs')}; "
+                            f"set search.constraint={metric} or remove search.{stray[0]}")
     if s.get("loss") not in LOSSES:
         raise UserError(f"search.loss={s.get('loss')!r} is unknown; choose one of {', '.join(LOSSES)}")
     if s.get("tau_schedule") not in SCHEDULES:
@@ -100,7 +105,7 @@ def _constraint_table(s: dict, cfg: DictConfig, model, specs, input_size: int, m
     if metric == "macs":
         return macs, macs, None
     if metric == "params":
-        return macs, macs, None
+        return build_space_cost_table(model, specs, input_size, ref, space, metric="params", cache=cache), macs, None
     from partialnet.search.supernet import SearchSpaceView, mlp_rows
 
     candidates = list(specs[0].candidates)
@@ -143,7 +148,8 @@ def _predicted_vs_measured(table: LatencyTable, predicted: float, model_name: st
               flush=True)
         return out
     static = create_model(model_name, ratios=final.ratios, mlp_ratios=getattr(final, "mlp_ratios", None), **model_kwargs)
-    measured = measure_model_ms(static, table.input_size[1], table.batch_size, here, table.threads, runs=table.runs)
+    measured = measure_model_ms(static, table.input_size[1], table.batch_size, here, table.threads, runs=table.runs,
+                                rounds=table.rounds)
     out["search/latency_measured_ms"] = measured
     print(f"latency of the exported model (fused, batch {table.batch_size}, {table.threads} threads, {table.device}): "
           f"predicted {predicted:.3f} ms, measured {measured:.3f} ms ({(predicted / measured - 1) * 100:+.1f} %)",

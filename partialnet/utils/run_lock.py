@@ -7,7 +7,9 @@ crash resumes without manual cleanup. Only rank 0 takes the lock: the other rank
 job share the directory by design.
 
 Liveness can only be checked for a holder on this host; a lock held from another host is
-refused (delete the file when you know that run is gone).
+refused (delete the file when you know that run is gone), except when it was taken by an
+earlier incarnation of this same scheduler job (same ``SLURM_JOB_ID``): a requeued SLURM job
+may restart on another node, and the scheduler runs one incarnation of a job at a time.
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ def acquire_run_lock(run_dir: str | os.PathLike) -> Path | None:
     lock = run_dir / LOCK_NAME
     if lock in _held:
         return lock
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+          "job": os.environ.get("SLURM_JOB_ID")}
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -69,12 +72,14 @@ def acquire_run_lock(run_dir: str | os.PathLike) -> Path | None:
                 f"run dir {run_dir} is in use by a live run (pid {pid} on {host}, since {holder.get('started', '?')}); "
                 f"wait for it to end or start this run elsewhere (another run_name)"
             ) from None
-        if host != me["host"]:
+        same_job = me["job"] is not None and holder.get("job") == me["job"]
+        if host != me["host"] and not same_job:
             raise UserError(
                 f"run dir {run_dir} is locked by pid {pid} on host {host} ({lock}); if that run is gone, "
                 f"delete {lock} and re-launch, else use another run_name"
             ) from None
-        warnings.warn(f"taking over the stale lock of pid {pid} (no longer running) in {run_dir}", stacklevel=2)
+        why = f"an earlier incarnation of SLURM job {me['job']}" if host != me["host"] else "no longer running"
+        warnings.warn(f"taking over the stale lock of pid {pid} on {host} ({why}) in {run_dir}", stacklevel=2)
         atomic_write_text(lock, json.dumps(me))
     else:
         with os.fdopen(fd, "w") as f:
