@@ -111,8 +111,17 @@ def run_task(config_name: str, overrides: list[str], run_dir: str | os.PathLike)
     return TaskRun(result, buf.getvalue(), cfg)
 
 
-def run_cli(script: str, args: list[str], cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
-    """Run ``python <script> <args>`` from the repo root; returns CompletedProcess."""
+def run_cli(script: str, args: list[str], cwd: Path | None = None, env: dict | None = None, timeout: int = 600,
+            subprocess_only: bool = False):
+    """Run ``python <script> <args>`` from the repo root; returns a CompletedProcess.
+
+    Without ``cwd``/``env`` and outside a multirun the entry point runs in this process
+    (:func:`run_entry_point`: the script's own ``main`` under ``partialnet.utils.cli.run_cli``,
+    the exit code from its ``SystemExit``), which spares the seconds of a fresh interpreter's
+    imports; ``subprocess_only=True`` (or a ``cwd``/``env``/``-m``) starts a real process."""
+    multirun = "-m" in args or "--multirun" in args
+    if not (subprocess_only or cwd or env or multirun) and script.endswith(".py"):
+        return run_entry_point(script, args)
     full_env = dict(os.environ)
     full_env.update({"PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"})
     full_env.pop("PARTIALNET_RUN_NAME", None)
@@ -129,6 +138,49 @@ def run_cli(script: str, args: list[str], cwd: Path | None = None, env: dict | N
         text=True,
         timeout=timeout,
     )
+
+
+def run_entry_point(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``python <script> <args>`` in this process: the script's ``main`` (its ``@hydra.main``)
+    through ``partialnet.utils.cli.run_cli`` with ``sys.argv`` set, stdout/stderr captured, the
+    exit code taken from ``SystemExit`` (an escaping exception prints its traceback to the
+    captured stderr and gives 1, as the interpreter would). Environment, argv and Hydra's
+    global state are restored afterwards."""
+    import importlib.util
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from partialnet.utils.cli import run_cli as cli_main
+
+    spec = importlib.util.spec_from_file_location(f"_entry_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # Hydra finds config_path next to the script only for a task function of ``__main__``.
+    module.main.__wrapped__.__module__ = "__main__"
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    code = 0
+    try:
+        sys.argv = [str(REPO / script), *args]
+        os.environ.pop("PARTIALNET_RUN_NAME", None)
+        os.environ["WANDB_SILENT"] = "true"
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli_main(module.main)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:  # noqa: BLE001 - what the interpreter would print
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess([sys.executable, script, *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(autouse=True, scope="session")

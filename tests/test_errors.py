@@ -295,3 +295,22 @@ def test_in_process_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match=r"optim.base_lr=0.0 must be > 0"):
         run_task("train", [*FAST_TRAIN, "optim.base_lr=0"], tmp_path / "o")
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+# ------------------------------------------------------------------ the same, as a real process
+@pytest.mark.parametrize("script, args, needle", [
+    ("train.py", ["model=partialnet_t9"], "Could not find 'model/partialnet_t9'; available:"),
+    ("train.py", ["optim.base_lr=0"], "optim.base_lr=0.0 must be > 0"),
+    ("eval.py", ["ckpt=/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
+    ("search_dpconv.py", ["search.loss=cubic"], "search.loss='cubic' is unknown"),
+])
+def test_bad_input_in_a_real_process(tmp_path, script, args, needle):
+    """The tests above run the entry points in-process (the same ``main`` under the same
+    ``run_cli``); these run a few as a fresh interpreter would: exit status 2 from the process,
+    one line on its stderr, no traceback."""
+    proc = run_cli(script, [*FAST_TRAIN_ARGS_FOR.get(script, []), *args, f"hydra.run.dir={tmp_path}/run"],
+                   subprocess_only=True)
+    assert_user_error(proc, needle)
+
+
+FAST_TRAIN_ARGS_FOR = {"train.py": ["data=synthetic", "data.image_size=32", "logger=csv"]}
