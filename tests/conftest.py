@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
+import logging.config  # noqa: F401 - Hydra's dictConfig, see run_entry_point
 import os
 import subprocess
 import sys
@@ -161,6 +163,11 @@ def run_entry_point(script: str, args: list[str]) -> subprocess.CompletedProcess
     module.main.__wrapped__.__module__ = "__main__"
     out, err = io.StringIO(), io.StringIO()
     saved_argv, saved_env = sys.argv, dict(os.environ)
+    # Hydra configures logging with dictConfig, which closes every existing handler (pytest's own
+    # log capture among them): hide them from it and put the root logger back afterwards.
+    root = logging.getLogger()
+    saved_root, saved_level, saved_list = root.handlers[:], root.level, logging._handlerList[:]
+    del logging._handlerList[:]
     code = 0
     try:
         sys.argv = [str(REPO / script), *args]
@@ -175,6 +182,12 @@ def run_entry_point(script: str, args: list[str]) -> subprocess.CompletedProcess
                 traceback.print_exc()
                 code = 1
     finally:
+        for handler in root.handlers:
+            if handler not in saved_root:
+                handler.close()
+        root.handlers[:] = saved_root
+        root.setLevel(saved_level)
+        logging._handlerList[:] = saved_list
         sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)

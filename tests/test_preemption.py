@@ -20,7 +20,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_nonzero_and_resumes_exactly(tmp_pat
         "trainer.max_epochs=2", "data.train_size=320", "aug=imagenet", "ema=default", "ema.decay=0.9",
         "model.drop_path_rate=0.1", f"paths.log_dir={tmp_path}",
     ]
-    straight = run_cli("train.py", common + ["run_name=straight"])
+    straight = run_cli("train.py", common + ["run_name=straight"], subprocess_only=True)  # like for like
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     # SIGTERM arrives during the 5th batch of epoch 0 (10 batches per epoch, one checkpoint per epoch)
@@ -34,7 +34,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_nonzero_and_resumes_exactly(tmp_pat
     assert ck["global_step"] == 5 and ck["epoch"] == 0  # the current step, not the last epoch boundary
     assert not (tmp_path / "train/runs/pre/run.lock").exists()  # the lock is released on the way out
 
-    second = run_cli("train.py", common + ["run_name=pre"])
+    second = run_cli("train.py", common + ["run_name=pre"], subprocess_only=True)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stdout
     wa, wb = _weights(tmp_path / "train/runs/straight/checkpoints/last.ckpt"), _weights(last)
