@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_FLAGS ?=
 # Two pytest workers (pytest-xdist): each test runs on one thread, so two cores run two tests at
 # once. `make test XDIST=` runs them one after another (easier to read a failure).
-XDIST ?= -n 2
+XDIST ?= -n 2 --dist worksteal
 # One OpenMP thread per test process: tests are many small ops, and spinning OpenMP threads on
 # busy cores are 10x slower. (Benchmarks use the machine's threads.)
 TEST_ENV := OMP_NUM_THREADS=1

@@ -61,7 +61,10 @@ def test_recipe_values_match_the_paper_table():
 def test_default_job_is_the_demo():
     cfg = _compose("train", [])
     assert cfg.data._target_.endswith("FashionMNISTDataModule") and cfg.model.name == "partialnet_t0"
-    assert cfg.trainer.max_epochs == 6 and not cfg.model.small_input
+    demo = _compose("train", ["experiment=demo"])  # the default is experiment=demo, nothing else
+    without_hydra = lambda c: {k: v for k, v in c.items() if k != "hydra"}  # noqa: E731 (overrides differ)
+    assert without_hydra(cfg) == without_hydra(demo) and not cfg.model.small_input
+    assert cfg.trainer.max_epochs != 300 and cfg.channels_last
     cfg = _compose("train", ["experiment=partialnet_t0"])  # another experiment replaces the demo's values
     assert cfg.trainer.max_epochs == 300 and cfg.model.small_input is None
 

@@ -26,7 +26,9 @@ def _common(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("exit_step", [6, 10])
+# 6: mid-epoch (fast tier); 10: the epoch's last batch (make test-all; epoch-boundary resume is also
+# checked by test_resume.py)
+@pytest.mark.parametrize("exit_step", [6, pytest.param(10, marks=pytest.mark.slow)])
 def test_mid_epoch_stop_and_resume_is_exact(tmp_path, exit_step):
     """Deterministic version: the process dies (os._exit, like kill -9) right after the step
     checkpoint at `exit_step` (10 steps per epoch: 6 is mid-epoch, 10 is the epoch's last batch)."""
