@@ -117,12 +117,12 @@ def run_cli(script: str, args: list[str], cwd: Path | None = None, env: dict | N
             subprocess_only: bool = False):
     """Run ``python <script> <args>`` from the repo root; returns a CompletedProcess.
 
-    Without ``cwd``/``env`` and outside a multirun the entry point runs in this process
+    Without ``cwd``/``env`` the entry point runs in this process (a multirun too: Hydra's basic
+    launcher runs its jobs one after another in the calling process)
     (:func:`run_entry_point`: the script's own ``main`` under ``partialnet.utils.cli.run_cli``,
     the exit code from its ``SystemExit``), which spares the seconds of a fresh interpreter's
-    imports; ``subprocess_only=True`` (or a ``cwd``/``env``/``-m``) starts a real process."""
-    multirun = "-m" in args or "--multirun" in args
-    if not (subprocess_only or cwd or env or multirun) and script.endswith(".py"):
+    imports; ``subprocess_only=True`` (or a ``cwd``/``env``) starts a real process."""
+    if not (subprocess_only or cwd or env) and script.endswith(".py"):
         return run_entry_point(script, args)
     full_env = dict(os.environ)
     full_env.update({"PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"})
