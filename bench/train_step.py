@@ -19,7 +19,6 @@ of each block type: the bytes autograd saves for backward in one forward of the 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import statistics

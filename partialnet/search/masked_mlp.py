@@ -15,14 +15,13 @@ normalises per channel with its own statistics and updates the running statistic
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from partialnet.errors import UserError
+from partialnet.search.candidates import parse_number_list
 from partialnet.models.backbone import Mlp
 from partialnet.models.module_utils import init_weights_
 
@@ -35,17 +34,8 @@ _ACTS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 def parse_mlp_candidates(values) -> list[float]:
     """Candidate MLP expansion ratios as positive floats, in the given order."""
-    if values is None or isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-        raise UserError(f"search.mlp_candidates must be a non-empty list of expansion ratios > 0, e.g. [1,1.5,2,2.5], "
-                        f"got {values!r}")
-    out: list[float] = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not v > 0:
-            raise UserError(f"search.mlp_candidates entry {v!r} is not an expansion ratio > 0; use e.g. [1,1.5,2,2.5]")
-        if float(v) in out:
-            raise UserError(f"search.mlp_candidates lists {v!r} twice; give each ratio once")
-        out.append(float(v))
-    return out
+    return parse_number_list(values, "search.mlp_candidates", lambda e: e > 0, "an expansion ratio > 0",
+                             "[1,1.5,2,2.5]")
 
 
 def hidden_widths(dim: int, candidates: Sequence[float]) -> list[int | None]:

@@ -39,10 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
-import numbers
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Iterator, Sequence
 
 import torch
@@ -55,6 +52,7 @@ from partialnet.models.layers import PartialConv, PATChannel, PATSelf, StatsBatc
 from partialnet.models.layers.rpe import EuclideanRPE
 from partialnet.models.layers.srm_stats import srm_statistics
 from partialnet.models.module_utils import init_weights_, replace_submodule
+from partialnet.search.candidates import parse_number_list
 from partialnet.search.masked_mlp import (
     DEFAULT_MLP_CANDIDATES, MaskedMlp, act_name, copy_masked_to_static_mlp, copy_static_to_masked_mlp, hidden_widths,
     parse_mlp_candidates, static_mlp,
@@ -91,22 +89,8 @@ SPACES = ("split", "split+mlp")
 # --------------------------------------------------------------------------- candidates
 def parse_candidates(values) -> list[float]:
     """Candidate ratios as floats in (0, 1), in the given order; numbers or strings like ``'1/8'``."""
-    if values is None or isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-        raise UserError(f"search.candidates must be a non-empty list of ratios in (0, 1), e.g. [0.5,0.25,0.125], got {values!r}")
-    out: list[float] = []
-    for v in values:
-        r = v
-        if isinstance(v, str):
-            try:
-                r = float(Fraction(v.strip()))
-            except (ValueError, ZeroDivisionError):
-                r = None
-        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or not 0.0 < r < 1.0:
-            raise UserError(f"search.candidates entry {v!r} is not a ratio in (0, 1); use e.g. [0.5,0.25,0.125,0.0625]")
-        if float(r) in out:
-            raise UserError(f"search.candidates lists {v!r} twice; give each ratio once")
-        out.append(float(r))
-    return out
+    return parse_number_list(values, "search.candidates", lambda r: 0.0 < r < 1.0, "a ratio in (0, 1)",
+                             "[0.5,0.25,0.125,0.0625]")
 
 
 def layer_channels(dim: int, candidates: Sequence[float]) -> list[int | None]:
