@@ -150,13 +150,18 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-epochs", type=int, default=2, help="search warm-up epochs (weights only)")
     ap.add_argument("--batches", type=int, default=156, help="training batches per epoch (all arms and the search)")
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--seeds", default="0,1", help="retrain seeds, comma-separated")
+    ap.add_argument("--seeds", default="0,1,2", help="retrain seeds, comma-separated")
     ap.add_argument("--random", type=int, default=2, help="random architectures (>= 2 for the proof)")
     ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the training split held out for scoring")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
     ap.add_argument("--latency-runs", type=int, default=50)
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_search_quality"))
     ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' = do not write RESULTS.md")
+    ap.add_argument("--arch-split", default="0,0.2",
+                    help="search.arch_split per searched arm, comma-separated: 0 = joint (one batch trains weights "
+                         "and logits), f > 0 = bilevel (f of the search's training data kept for the logits)")
+    ap.add_argument("--warmup-sampling", default="uniform", choices=("fixed", "uniform"),
+                    help="search.warmup_sampling: architecture trained during the warm-up")
     ap.add_argument("--search-override", action="append", default=[], help="extra search_dpconv.py override")
     a = ap.parse_args(argv)
     if a.quick:
@@ -174,30 +179,36 @@ def main(argv=None) -> int:
           f"{a.batches} batches x {a.batch_size} per epoch, retrain {a.epochs} epochs, seeds {seeds}, "
           f"{a.threads} thread(s)", flush=True)
 
-    # 1. search (never sees the hold-out)
-    search_dir = out / "search" / "runs" / "searched"
-    if not (search_dir / "ratios.yaml").is_file():
-        print(f"[search] {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at flops_ratio=1.0", flush=True)
-        _run("search_dpconv.py", [*common, "data._target_=search_quality.SearchSplitCIFAR10", "run_name=searched",
-                                  "task_name=search",
-                                  f"trainer.max_epochs={a.search_epochs}", f"search.warmup_epochs={a.warmup_epochs}",
-                                  "search.flops_ratio=1.0", "ckpt_path=null", "trainer.limit_val_batches=10",
-                                  *a.search_override],
-             out / "logs" / "search.log", a.threads)
+    # 1. searches (never see the hold-out): one per --arch-split value
     import yaml
 
-    searched = yaml.safe_load((search_dir / "ratios.yaml").read_text())
-    projection = _last_metric(search_dir, "search/projection_used")
-    print(f"  searched ratios {searched['ratios']} ({searched['macs'] / 1e6:.2f} MMACs, target "
-          f"{searched['target_macs'] / 1e6:.2f}; projection used: {bool(projection)})", flush=True)
+    arms: dict[str, tuple[str, list[float] | None]] = {"uniform r=1/4": ("uniform_r1-4", None)}
+    projections = {}
+    for split in [float(v) for v in a.arch_split.split(",") if v.strip()]:
+        kind = "joint" if split == 0 else f"bilevel {split:g}"
+        run_name = "searched_" + kind.replace(" ", "")
+        search_dir = out / "search" / "runs" / run_name
+        if not (search_dir / "ratios.yaml").is_file():
+            print(f"[search, {kind}] {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at flops_ratio=1.0", flush=True)
+            _run("search_dpconv.py", [*common, "data._target_=search_quality.SearchSplitCIFAR10", f"run_name={run_name}",
+                                      "task_name=search",
+                                      f"trainer.max_epochs={a.search_epochs}", f"search.warmup_epochs={a.warmup_epochs}",
+                                      "search.flops_ratio=1.0", "ckpt_path=null", "trainer.limit_val_batches=10",
+                                      f"search.arch_split={split}", f"search.warmup_sampling={a.warmup_sampling}",
+                                      *a.search_override],
+                 out / "logs" / f"{run_name}.log", a.threads)
+        searched = yaml.safe_load((search_dir / "ratios.yaml").read_text())
+        projections[kind] = bool(_last_metric(search_dir, "search/projection_used"))
+        print(f"  searched ({kind}) ratios {searched['ratios']} ({searched['macs'] / 1e6:.2f} MMACs, target "
+              f"{searched['target_macs'] / 1e6:.2f}; projection used: {projections[kind]})", flush=True)
+        arms[f"searched ({kind})"] = (run_name, list(searched["ratios"]))
 
     # 2. arms
-    arms: dict[str, list[float] | None] = {"uniform r=1/4": None, "searched": list(searched["ratios"])}
     for i, ratios in enumerate(random_architectures(a.random, seed=1234)):
-        arms[f"random {i + 1}"] = ratios
+        arms[f"random {i + 1}"] = (f"random_{i + 1}", ratios)
+    n_layers = len(next(r for _, r in arms.values() if r is not None))
     rows = []
-    for name, ratios in arms.items():
-        tag = name.replace(" ", "_").replace("=", "").replace("/", "-")
+    for name, (tag, ratios) in arms.items():
         accs = []
         for seed in seeds:
             run_name = f"{tag}_s{seed}"
@@ -212,7 +223,7 @@ def main(argv=None) -> int:
             accs.append(acc)
             print(f"  {name} seed {seed}: held-out top-1 {acc:.2f} %", flush=True)
         m = measure_arch(ratios, a.threads, a.latency_runs)
-        row = dict(arm=name, ratios=ratios if ratios is not None else [0.25] * len(searched["ratios"]),
+        row = dict(arm=name, ratios=ratios if ratios is not None else [0.25] * n_layers,
                    acc_mean=statistics.mean(accs), acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                    accs=accs, **m)
         rows.append(row)
@@ -221,7 +232,7 @@ def main(argv=None) -> int:
               f"(batch 1, {a.threads} thread(s), fused)", flush=True)
 
     minutes = (time.time() - t_start) / 60
-    table = render(rows, a, seeds, minutes, bool(projection))
+    table = render(rows, a, seeds, minutes, projections)
     (out / "search_quality.md").write_text(table)
     (out / "search_quality.json").write_text(json.dumps(rows, indent=1))
     print(table, flush=True)
@@ -231,14 +242,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def render(rows: list[dict], a, seeds: list[int], minutes: float, projection: bool) -> str:
+def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: dict[str, bool]) -> str:
     best = max(rows, key=lambda r: r["acc_mean"])["arm"]
     lines = [
         SECTION, "",
         f"PartialNet-T0 (small-input stem, 32 px), CIFAR-10 training split; scored on a class-stratified "
         f"{a.holdout:.0%} hold-out the search never saw. Every arm: {a.epochs} epochs x {a.batches} batches of "
         f"{a.batch_size}, seeds {seeds}; search: {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at "
-        f"flops_ratio=1.0{' (projection used)' if projection else ', argmax in band without projection'}. "
+        f"flops_ratio=1.0, warm-up sampling {a.warmup_sampling}; "
+        + "; ".join(f"{k}: {'projection used' if v else 'argmax in band without projection'}" for k, v in projections.items())
+        + f"{' ' + ' '.join(a.search_override) if a.search_override else ''}. "
         f"CPU latency: fused model, batch 1, {a.threads} thread(s), median. Wall time {minutes:.0f} min"
         f"{' (--quick smoke run: numbers mean nothing)' if a.quick else ''}.", "",
         "| arm | held-out top-1 (%) | per seed | MMACs | params (M) | CPU latency (ms) | ratios |",

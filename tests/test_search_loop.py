@@ -101,18 +101,20 @@ def _column(run: Path, key: str) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("direction", sorted(DIRECTIONS))
+@pytest.mark.parametrize("direction", [*sorted(DIRECTIONS), "dearer-bilevel"])
 def test_search_moves_the_expected_cost_and_exports_the_argmax_in_band(tmp_path, direction):
+    """Also with search.arch_split (bilevel: the logits step on their own quarter of the data)."""
     from partialnet.search.search_task import search
 
-    step, candidates = DIRECTIONS[direction]
+    bilevel = direction.endswith("-bilevel")
+    step, candidates = DIRECTIONS[direction.removesuffix("-bilevel")]
     warm, lo, hi = _warmup_expected_macs(candidates)
     target = warm * (1 + step)
     assert lo < target < hi and abs(target / warm - 1) >= 0.1
     out = tmp_path / "run"
     cfg = _compose([*SMALL_SEARCH, f"search.candidates=[{','.join(map(str, candidates))}]",
                     f"search.flops_target={target / 1e9:.9f}", f"paths.output_dir={out}",
-                    f"paths.log_dir={tmp_path}"])
+                    f"paths.log_dir={tmp_path}", *(["search.arch_split=0.25", "data.train_size=384"] if bilevel else [])])
     metrics = search(cfg)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 

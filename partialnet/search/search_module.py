@@ -87,6 +87,7 @@ class SearchModule(ClassificationModule):
         self.argmax_constraint = bool(s.get("argmax_constraint", True))
         self.arch_optimizer = str(s.get("arch_optimizer", "adam"))
         self.tolerance = float(s.get("tolerance", 0.03))
+        self.arch_split = float(s.get("arch_split") or 0.0)
         self.grad_clip_val = gradient_clip_val
         self.grad_clip_algorithm = gradient_clip_algorithm
 
@@ -171,18 +172,8 @@ class SearchModule(ClassificationModule):
             return self.model(x)
 
     # ------------------------------------------------------------------ train
-    def training_step(self, batch, batch_idx):
-        opt_w, opt_a = self.optimizers()
-        sched = self.lr_schedulers()
-        x, target = self.prepare_train_batch(batch)
-        res = x.shape[-1]
-
-        searching = self.is_searching()
-        tau = self.temperature()
-        weights, indices = self._sample(tau)
-        with arch_choice(self._masked, weights, indices):
-            logits = self._train_forward(x)
-        ce = self.train_loss_fn(logits, target)
+    def _arch_loss(self, searching: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """(constraint + entropy term, constraint, E[cost], progress); updates the dual-ascent weight."""
         expected = self.expected_macs()
         constraint = flops_loss(expected, self.target_macs, self.loss_kind, self.loss_weight)
         progress = self.search_progress()
@@ -196,9 +187,57 @@ class SearchModule(ClassificationModule):
                 on_argmax, self.target_macs, self.loss_kind, self.loss_weight)
             self._update_lambda_scale(float(on_argmax.detach()) / self.target_macs - 1.0)
         entropy = self.mean_entropy()
-        arch_loss = constraint.to(ce.dtype) + (self.entropy_weight * progress) * entropy.to(ce.dtype)
-        # During warm-up the logits take no part (0 x keeps DDP's "every parameter used" happy).
-        loss = ce + (arch_loss if searching else 0.0 * arch_loss)
+        return constraint + (self.entropy_weight * progress) * entropy, constraint, expected, progress
+
+    def _arch_gradient(self, batch_a, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bilevel: the logits' gradient of ``CE(x_a) + constraint`` on the architecture part of the
+        data (``search.arch_split``). ``autograd.grad`` w.r.t. the logits only: no weight gradient,
+        no DDP hook (the gradient is averaged over ranks here). Returns (grad, CE_a, constraint)."""
+        x_a, y_a = self.prepare_train_batch(batch_a, mix=False)
+        weights, indices = self._sample(tau)
+        with arch_choice(self._masked, weights, indices):
+            ce_a = F.cross_entropy(self._train_forward(x_a).float(), y_a)
+        arch_loss, constraint, _, _ = self._arch_loss(True)
+        (grad,) = torch.autograd.grad(ce_a + arch_loss.to(ce_a.dtype), [self.arch_logits])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(grad)
+            grad = grad / torch.distributed.get_world_size()
+        return grad, ce_a.detach(), constraint.detach()
+
+    # ------------------------------------------------------------------ train
+    def training_step(self, batch, batch_idx):
+        opt_w, opt_a = self.optimizers()
+        sched = self.lr_schedulers()
+        bilevel = len(batch) == 4  # (x_w, y_w, x_a, y_a): search.arch_split (partialnet.search.bilevel)
+        if bilevel != (self.arch_split > 0):
+            raise UserError(f"search.arch_split={self.arch_split:g} but the training batches have {len(batch)} parts "
+                            f"(expected {4 if self.arch_split > 0 else 2}): the DataModule's loader bypassed the split")
+        x, target = self.prepare_train_batch(batch[:2])
+        res = x.shape[-1]
+
+        searching = self.is_searching()
+        tau = self.temperature()
+        arch_grad = ce_a = None
+        if bilevel and searching:  # the logits' step first, on data the weights never see (first-order)
+            arch_grad, ce_a, constraint = self._arch_gradient(batch[2:], tau)
+        weights, indices = self._sample(tau)
+        if bilevel:
+            weights = weights.detach()  # the weights' batch gives the logits nothing
+        with arch_choice(self._masked, weights, indices):
+            logits = self._train_forward(x)
+        ce = self.train_loss_fn(logits, target)
+        if bilevel:
+            expected = self.expected_macs()
+            entropy = self.mean_entropy()
+            if arch_grad is None:
+                constraint = flops_loss(expected, self.target_macs, self.loss_kind, self.loss_weight)
+            # 0 x logits keeps DDP's "every parameter gets a gradient" happy; the real one is set below.
+            loss = ce + 0.0 * self.arch_logits.sum()
+        else:
+            arch_loss, constraint, expected, _ = self._arch_loss(searching)
+            entropy = self.mean_entropy()
+            # During warm-up the logits take no part (0 x keeps DDP's "every parameter used" happy).
+            loss = ce + (arch_loss.to(ce.dtype) if searching else 0.0 * arch_loss.to(ce.dtype))
         if not torch.isfinite(loss):
             raise UserError(
                 f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
@@ -211,10 +250,15 @@ class SearchModule(ClassificationModule):
             self.clip_gradients(opt_w, gradient_clip_val=float(self.grad_clip_val),
                                 gradient_clip_algorithm=str(self.grad_clip_algorithm))
         opt_w.step()
-        if searching:
+        if arch_grad is not None:
+            self.arch_logits.grad = arch_grad.to(self.arch_logits.dtype)
+            opt_a.optimizer.step()  # an unscaled fp32 gradient: no precision plugin in between
+        elif searching:
             # Through the strategy (AMP unscale etc.) but not LightningOptimizer.step: no extra global_step.
             self.trainer.strategy.optimizer_step(opt_a.optimizer, closure=lambda: None)
         sched.step()
+        if ce_a is not None:
+            self.log("search/arch_ce", ce_a.float(), on_step=True, on_epoch=True, batch_size=x.shape[0])
 
         now = time.perf_counter()
         bs = x.shape[0]

@@ -19,6 +19,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from partialnet.errors import UserError
+from partialnet.search.bilevel import attach_arch_split
 from partialnet.search.constraint import BUDGET_KEYS, LOSSES, check_reachable, resolve_target
 from partialnet.search.cost_model import METRICS, CostTable
 from partialnet.search.latency_table import LatencyTable, measure_latency_table, measure_model_ms
@@ -40,7 +41,7 @@ _SEARCH_KEYS = {
     "hard", "tau_start", "tau_end", "tau_schedule", "warmup_epochs", "warmup_sampling", "arch_lr", "arch_betas",
     "num_heads", "entropy_weight", "argmax_constraint", "arch_optimizer", "space", "mlp_candidates",
     "constraint", "params_target", "params_ratio", "latency_target_ms", "latency_ratio", "latency_table",
-    "latency_batch_size", "latency_threads", "latency_device",
+    "latency_batch_size", "latency_threads", "latency_device", "arch_split",
 }
 
 
@@ -72,6 +73,10 @@ def _check_search_cfg(s: dict, max_epochs: int) -> None:
         raise UserError(f"search.arch_optimizer={s.get('arch_optimizer')!r} is unknown; choose adam or sgd")
     if not float(s.get("entropy_weight", 0)) >= 0:
         raise UserError(f"search.entropy_weight={s.get('entropy_weight')} must be >= 0 (0 = no entropy penalty)")
+    split = s.get("arch_split") or 0
+    if not isinstance(split, (int, float)) or isinstance(split, bool) or not 0 <= split < 1:
+        raise UserError(f"search.arch_split={split!r} must be in [0, 1): e.g. 0.2 keeps 20 % of the training set "
+                        f"for the logits, 0 trains both on one batch")
     if not float(s.get("arch_lr", 0)) > 0:
         raise UserError(f"search.arch_lr={s.get('arch_lr')} must be > 0 (e.g. 0.01)")
     tol = float(s.get("tolerance", 0.03))
@@ -219,6 +224,8 @@ def search(cfg: DictConfig) -> dict:
         if is_rank_zero():
             print(msg, flush=True)
 
+        if float(s.get("arch_split") or 0) > 0:
+            attach_arch_split(parts.datamodule, float(s["arch_split"]), int(getattr(parts.datamodule, "seed", 0)))
         to_supernet(model, candidates, num_heads=s.get("num_heads"), **space_kw)
         spec = {"name": model_name, "kwargs": {k: (bool(v) if k == "small_input" else v) for k, v in model_kwargs.items()}}
         module_kwargs = module_kwargs_from_config(parts.config, spec, parts.num_classes, parts.image_size)

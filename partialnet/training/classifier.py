@@ -237,14 +237,14 @@ class ClassificationModule(pl.LightningModule):
         if self._epoch_t0 is None:
             self._epoch_t0 = time.perf_counter()
 
-    def prepare_train_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resize to this epoch's resolution, set the memory format, mix: ``(x, target)``."""
+    def prepare_train_batch(self, batch, mix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resize to this epoch's resolution, set the memory format, mix (unless ``mix=False``): ``(x, target)``."""
         x, y = batch
         res = self.current_resolution()
         if x.shape[-1] != res or x.shape[-2] != res:
             x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
         x = self._prepare(x)
-        if self.mixup_fn is not None:
+        if mix and self.mixup_fn is not None:
             return self.mixup_fn(x, y)
         return x, y
 

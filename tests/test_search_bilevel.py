@@ -1,0 +1,119 @@
+"""Bilevel search (``search.arch_split``): the logits learn on data the weights never train on."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import TensorDataset
+
+from partialnet.errors import UserError
+from partialnet.search.bilevel import ArchSplitDataset, attach_arch_split, split_indices
+from test_search_loop import _compose
+
+# PartialNet-T0 (small-input stem) on 32 px synthetic data: one warm-up epoch, one search epoch.
+TINY = ["data=synthetic", "data.image_size=32", "data.train_size=80", "data.val_size=16", "data.batch_size=16",
+        "model=partialnet_t0", "model.small_input=true", "logger=csv", "trainer.accelerator=cpu",
+        "trainer.max_epochs=2", "search.warmup_epochs=1", "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "callbacks.best_checkpoint=null",
+        "trainer.limit_val_batches=1", "search.arch_lr=0.1", "search.arch_split=0.25",
+        "+callbacks.probe._target_=test_search_bilevel.FirstSearchStep"]
+
+SEEN: dict = {}
+
+
+class Labelled(TensorDataset):
+    def __init__(self, n: int, classes: int):
+        self.labels = torch.arange(n) % classes
+        super().__init__(torch.arange(n).float(), self.labels)
+
+
+def test_split_is_disjoint_complete_stratified_and_deterministic():
+    ds = Labelled(200, 4)
+    w, a = split_indices(ds, 0.25, seed=3)
+    assert len(np.intersect1d(w, a)) == 0 and sorted(np.concatenate([w, a]).tolist()) == list(range(200))
+    assert np.bincount(ds.labels.numpy()[a]).tolist() == [12, 12, 12, 12] or np.bincount(ds.labels.numpy()[a]).tolist() == [13, 13, 13, 13]
+    w2, a2 = split_indices(ds, 0.25, seed=3)
+    assert np.array_equal(a, a2) and not np.array_equal(a, split_indices(ds, 0.25, seed=4)[1])
+
+    pairs = ArchSplitDataset(ds, 0.25, seed=3)
+    assert len(pairs) == len(w)
+    seen_w, seen_a = set(), set()
+    for i in range(len(pairs)):
+        x_w, y_w, x_a, y_a = pairs[i]
+        seen_w.add(int(x_w)), seen_a.add(int(x_a))
+        assert int(y_w) == int(x_w) % 4 and int(y_a) == int(x_a) % 4
+    assert seen_w == set(w.tolist()) and seen_a == set(a.tolist())  # every sample of both parts is served
+    assert torch.equal(pairs.labels, ds.labels[torch.from_numpy(w)])
+
+
+def test_split_without_labels_and_empty_parts():
+    plain = TensorDataset(torch.arange(10).float())
+    w, a = split_indices(plain, 0.3, seed=0)
+    assert len(a) == 3 and len(w) == 7
+    with pytest.raises(UserError, match="arch_split=0.01 leaves an empty part"):
+        split_indices(plain, 0.01, seed=0)
+
+
+def test_attach_refuses_bad_fractions_and_own_loaders():
+    from partialnet.data.synthetic import SyntheticDataModule
+
+    dm = SyntheticDataModule(image_size=8, train_size=100, val_size=4, batch_size=4)
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(UserError, match=f"search.arch_split={bad}"):
+            attach_arch_split(dm, bad, 0)
+
+    class OwnLoader(SyntheticDataModule):
+        def train_dataloader(self):
+            raise AssertionError
+
+    with pytest.raises(UserError, match="OwnLoader has its own loader"):
+        attach_arch_split(OwnLoader(image_size=8, train_size=20, val_size=4, batch_size=4), 0.2, 0)
+    attach_arch_split(dm, 0.2, 0)
+    dm.setup("fit")
+    assert isinstance(dm.train_dataset, ArchSplitDataset) and len(dm.train_dataset) == 80
+    assert len(next(iter(dm.train_dataloader()))) == 4
+    pairs, inner = dm.train_dataset, dm.train_dataset.dataset  # the batched path serves the right samples
+    got = pairs.__getitems__([0, 5, 70])
+    assert [int(g[1]) for g in got] == [int(inner.labels[pairs.w_idx[i]]) for i in (0, 5, 70)]
+    assert [int(g[3]) for g in got] == [int(inner.labels[pairs.a_idx[i % len(pairs.a_idx)]]) for i in (0, 5, 70)]
+
+
+class FirstSearchStep(pl.Callback):
+    """Replaces the architecture half of each search batch with noise (``SEEN['scramble']``) and records
+    the weights and the logits after the first search step."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        assert len(batch) == 4
+        if module.is_searching() and SEEN.get("scramble"):
+            batch[2].copy_(torch.randn_like(batch[2]))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if module.is_searching() and "weights" not in SEEN:
+            SEEN["weights"] = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+            SEEN["logits"] = module.arch_logits.detach().clone()
+
+
+def _first_search_step(tmp_path: Path, scramble: bool) -> dict:
+    from partialnet.search.search_task import search
+
+    SEEN.clear()
+    SEEN["scramble"] = scramble
+    out = tmp_path / ("scrambled" if scramble else "plain")
+    search(_compose([*TINY, f"paths.output_dir={out}", f"paths.log_dir={tmp_path}"]))
+    return dict(SEEN)
+
+
+@pytest.mark.slow
+def test_logits_learn_from_the_arch_part_only_and_weights_from_the_weight_part(tmp_path):
+    """Same seeds, the architecture part of the batch replaced by noise: after the first search step
+    the weights are bit-identical (they never saw that part) and the logits are not (they did)."""
+    plain = _first_search_step(tmp_path, scramble=False)
+    scrambled = _first_search_step(tmp_path, scramble=True)
+    assert plain["weights"].keys() == scrambled["weights"].keys()
+    for k, v in plain["weights"].items():
+        assert torch.equal(v, scrambled["weights"][k]), k
+    assert torch.count_nonzero(plain["logits"]) > 0
+    assert not torch.equal(plain["logits"], scrambled["logits"])
