@@ -194,6 +194,13 @@ def test_params_constrained_search_lands_in_band_without_projection(tmp_path):
     assert abs(counted / target - 1) <= 0.03, (counted, target)
     assert metrics["search/final_rel_error"] == pytest.approx(counted / target - 1)
     assert torch.isfinite(torch.tensor(metrics["search/final_gmacs"]))
+    # per-step logs are named after the constraint and hold millions of parameters
+    import csv
+
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert "search/expected_gmacs_step" not in rows[0]
+    last = [float(r["search/argmax_params_m"]) for r in rows if r.get("search/argmax_params_m")][-1]
+    assert last * 1e6 == pytest.approx(counted, rel=1e-6)
 
 
 @pytest.mark.slow

@@ -39,6 +39,12 @@ METRICS = ("macs", "params", "latency")
 _DISPLAY = {"macs": (1e9, "GMACs"), "params": (1e6, "M params"), "latency": (1.0, "ms")}
 
 
+def log_key(metric: str) -> tuple[str, float]:
+    """(suffix, scale) of the per-step log names: ``search/expected_<suffix>`` = value / scale
+    (``gmacs``, ``params_m``, ``latency_ms``)."""
+    return {"macs": "gmacs", "params": "params_m", "latency": "latency_ms"}[metric], _DISPLAY[metric][0]
+
+
 def format_value(metric: str, value: float) -> str:
     """``value`` (raw units: MACs, parameters, ms) in the metric's display unit, e.g. ``'0.2473 GMACs'``."""
     scale, unit = _DISPLAY[metric]

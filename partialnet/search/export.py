@@ -156,8 +156,10 @@ def export_ratios(
     target: float,
     cfg_hash: str | None,
     probs: np.ndarray | None = None,
+    budget_note: str | None = None,
 ) -> dict:
-    """Rebuild the static model, count it, write ``ratios.yaml`` and ``ratios.png``; returns a summary."""
+    """Rebuild the static model, count it, write ``ratios.yaml`` and ``ratios.png``; returns a summary.
+    ``budget_note`` replaces the plot title's "% of the MAC target" (a params or latency budget)."""
     out_dir = Path(out_dir)
     static = create_model(model_name, ratios=final.ratios, mlp_ratios=final.mlp_ratios, **model_kwargs)
     counted = count(static, cost.input_size)
@@ -178,8 +180,9 @@ def export_ratios(
     rel = counted["macs"] / target - 1.0
     n_split = len(final.ratios)  # the plot shows the split rows (the MLP widths are in the file)
     split_probs = None if probs is None else np.asarray(probs)[:n_split]
+    budget = budget_note or f"{rel * 100:+.1f} % of target {target / 1e9:.4g}"
     title = (f"{model_name} @ {cost.input_size[1]}x{cost.input_size[2]}: {counted['macs'] / 1e9:.4g} GMACs "
-             f"({rel * 100:+.1f} % of target {target / 1e9:.4g})" + (", projected" if final.projection_used else ""))
+             f"({budget})" + (", projected" if final.projection_used else ""))
     png_path = plot_ratios(out_dir / "ratios.png", list(specs)[:n_split], final.ratios, split_probs, title)
     return {
         "ratios_yaml": yaml_path,

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from partialnet.errors import UserError
 from partialnet.search.constraint import argmax_choice, flops_loss
-from partialnet.search.cost_model import CostTable
+from partialnet.search.cost_model import CostTable, log_key
 from partialnet.search.gumbel import gumbel_softmax, masked_logits, temperature_at
 from partialnet.search.supernet import LayerSpec, arch_choice, masked_modules, onehot_weights
 from partialnet.training.classifier import ClassificationModule
@@ -270,7 +270,8 @@ class SearchModule(ClassificationModule):
         self._step_t0 = now
         self.log("train/resolution", float(res), on_step=False, on_epoch=True, batch_size=bs)
         self.log("search/tau", tau, on_step=True, on_epoch=False, batch_size=bs)
-        self.log("search/expected_gmacs", expected.detach().float() / 1e9, on_step=True, on_epoch=True,
+        key, scale = log_key(self.cost.metric)
+        self.log(f"search/expected_{key}", expected.detach().float() / scale, on_step=True, on_epoch=True,
                  prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("search/constraint_loss", constraint.detach().float(), on_step=True, on_epoch=True, batch_size=bs,
                  sync_dist=True)
@@ -292,7 +293,8 @@ class SearchModule(ClassificationModule):
                 if spec.ks[c] is not None:
                     self.log(f"arch/l{l:02d}{tag}_p{_ratio_tag(r)}", float(probs[l, c]), **kw)
             self.log(f"arch/l{l:02d}{tag or '_ratio'}", float(spec.candidates[choice[l]]), **kw)
-        self.log("search/argmax_gmacs", self.cost.macs_of(choice) / 1e9, **kw)
+        key, scale = log_key(self.cost.metric)
+        self.log(f"search/argmax_{key}", self.cost.macs_of(choice) / scale, **kw)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()

@@ -282,6 +282,8 @@ def _export(resolved, run_dir: Path, module: SearchModule, specs, cost, target, 
         run_dir, model_name=model_name, model_kwargs=file_kwargs, specs=specs, cost=macs_cost or cost, final=final,
         target=macs_target, cfg_hash=config_hash(resolved),
         probs=np.where(module.arch_valid.cpu().numpy(), probs, np.nan),
+        budget_note=None if cost.metric == "macs" else (
+            f"{cost.metric} {cost.format(value)}, {(value / target - 1) * 100:+.1f} % of target {cost.format(target)}"),
     )
     budget = {}
     if latency is not None:
