@@ -17,8 +17,10 @@ Protocol (every arm gets the same budget: epochs, batches per epoch, lr, seeds):
 4. Per arm: held-out top-1 of the last epoch (mean and spread over seeds), MACs, params and
    the fused model's CPU latency (batch 1, ``--threads`` threads, median of timed runs).
 
-Prints every figure it measures and writes a Markdown table into ``bench/RESULTS.md``
-(section "Search quality") and ``--out``/search_quality.md. The entry points run as
+Prints every figure it measures and a Markdown table (also written to ``--out``/search_quality.md);
+``make bench`` / ``bench/run_all.py --only search_quality.py`` puts it into ``bench/RESULTS.md``.
+Finished searches and retrained arms in ``--out`` are reused, so a second run only re-measures
+the latencies. The entry points run as
 subprocesses, exactly as a user runs them.
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ from partialnet.data.cifar10 import CIFAR10DataModule, stratified_split  # noqa:
 from partialnet.data.transforms import InMemoryImageDataset  # noqa: E402
 
 MODEL = "partialnet_t0"
-SECTION = "## Search quality (bench/search_quality.py)"
+SECTION = "### Search quality: searched vs uniform r=1/4 vs random ratios (CIFAR-10)"
 
 
 class SearchSplitCIFAR10(CIFAR10DataModule):
@@ -123,22 +125,40 @@ def random_architectures(n: int, seed: int, tol: float = 0.03, input_size: int =
     return out
 
 
-def measure_arch(ratios: list[float] | None, threads: int, runs: int) -> dict:
+def measure_archs(archs: list[list[float]], threads: int, runs: int, rounds: int = 5) -> list[dict]:
+    """MACs, params and fused batch-1 CPU latency of each architecture. The latencies are timed
+    round-robin (``rounds`` rounds of ``runs // rounds`` calls per architecture, one architecture
+    after the other), so load that comes and goes hits every arm alike; median over all calls."""
     from partialnet.deploy import fuse
     from partialnet.measure import count
-    from partialnet.measure.speed import time_forward
     from partialnet.models.registry import create_model
 
-    model = create_model(MODEL, num_classes=10, small_input=True, ratios=ratios).eval()
-    c = count(model, 32)
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
+    x = torch.randn(1, 3, 32, 32)
     try:
-        speed = time_forward(fuse(model, channels_last=False), batch_size=1, input_size=32, warmup=10, runs=runs)
+        models, out = [], []
+        for ratios in archs:
+            model = create_model(MODEL, num_classes=10, small_input=True, ratios=ratios).eval()
+            c = count(model, 32)
+            out.append({"macs": int(c["macs"]), "params": int(c["params"])})
+            models.append(fuse(model, channels_last=False))
+        times: list[list[float]] = [[] for _ in archs]
+        with torch.inference_mode():
+            for m in models:
+                for _ in range(10):
+                    m(x)
+            for _ in range(rounds):
+                for i, m in enumerate(models):
+                    for _ in range(max(1, runs // rounds)):
+                        t0 = time.perf_counter()
+                        m(x)
+                        times[i].append(time.perf_counter() - t0)
+        for o, t in zip(out, times):
+            o.update(latency_ms=1000 * statistics.median(t), latency_min_ms=1000 * min(t))
+        return out
     finally:
         torch.set_num_threads(prev)
-    return {"macs": int(c["macs"]), "params": int(c["params"]), "latency_ms": speed.latency_ms,
-            "latency_min_ms": 1000 * speed.seconds_min, "latency_device": speed.device}
 
 
 # --------------------------------------------------------------------------- main
@@ -156,7 +176,6 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
     ap.add_argument("--latency-runs", type=int, default=50)
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_search_quality"))
-    ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' = do not write RESULTS.md")
     ap.add_argument("--arch-split", default="0,0.2",
                     help="search.arch_split per searched arm, comma-separated: 0 = joint (one batch trains weights "
                          "and logits), f > 0 = bilevel (f of the search's training data kept for the logits)")
@@ -207,10 +226,16 @@ def main(argv=None) -> int:
     for i, ratios in enumerate(random_architectures(a.random, seed=1234)):
         arms[f"random {i + 1}"] = (f"random_{i + 1}", ratios)
     n_layers = len(next(r for _, r in arms.values() if r is not None))
-    rows = []
+    rows, trained = [], {}
     for name, (tag, ratios) in arms.items():
+        key = tuple(ratios if ratios is not None else [0.25] * n_layers)
+        same_as = trained.get(key)
         accs = []
         for seed in seeds:
+            if same_as is not None:  # the same architecture, seed and budget: the same run (deterministic)
+                accs = list(next(r for r in rows if r["arm"] == same_as)["accs"])
+                print(f"  {name}: the same architecture as {same_as}; its runs are reused", flush=True)
+                break
             run_name = f"{tag}_s{seed}"
             run_dir = out / "cifar10_partialnet_t0" / "runs" / run_name
             if not (run_dir / "metrics.csv").is_file() or _last_metric(run_dir, "val/acc1") is None:
@@ -222,12 +247,14 @@ def main(argv=None) -> int:
             acc = _last_metric(run_dir, "val/acc1")
             accs.append(acc)
             print(f"  {name} seed {seed}: held-out top-1 {acc:.2f} %", flush=True)
-        m = measure_arch(ratios, a.threads, a.latency_runs)
-        row = dict(arm=name, ratios=ratios if ratios is not None else [0.25] * n_layers,
-                   acc_mean=statistics.mean(accs), acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                   accs=accs, **m)
-        rows.append(row)
-        print(f"  {name}: top-1 {row['acc_mean']:.2f} +- {row['acc_std']:.2f} % over {len(accs)} seed(s), "
+        trained.setdefault(key, name)
+        rows.append(dict(arm=name, ratios=list(key), same_as=same_as, acc_mean=statistics.mean(accs),
+                         acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0, accs=accs))
+
+    # 3. counts and CPU latency of every arm, timed round-robin (one arm after the other, repeatedly)
+    for row, m in zip(rows, measure_archs([r["ratios"] for r in rows], a.threads, a.latency_runs)):
+        row.update(m)
+        print(f"  {row['arm']}: top-1 {row['acc_mean']:.2f} +- {row['acc_std']:.2f} % over {len(row['accs'])} seed(s), "
               f"{m['macs'] / 1e6:.2f} MMACs, {m['params'] / 1e6:.3f} M params, CPU latency {m['latency_ms']:.2f} ms "
               f"(batch 1, {a.threads} thread(s), fused)", flush=True)
 
@@ -236,9 +263,6 @@ def main(argv=None) -> int:
     (out / "search_quality.md").write_text(table)
     (out / "search_quality.json").write_text(json.dumps(rows, indent=1))
     print(table, flush=True)
-    if a.results:
-        write_section(Path(a.results), table)
-        print(f"wrote {a.results} section '{SECTION[3:]}'", flush=True)
     return 0
 
 
@@ -252,7 +276,7 @@ def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: d
         f"flops_ratio=1.0, warm-up sampling {a.warmup_sampling}; "
         + "; ".join(f"{k}: {'projection used' if v else 'argmax in band without projection'}" for k, v in projections.items())
         + f"{' ' + ' '.join(a.search_override) if a.search_override else ''}. "
-        f"CPU latency: fused model, batch 1, {a.threads} thread(s), median. Wall time {minutes:.0f} min"
+        f"CPU latency: fused model, batch 1, {a.threads} thread(s), median of calls timed round-robin over the arms. Wall time {minutes:.0f} min"
         f"{' (--quick smoke run: numbers mean nothing)' if a.quick else ''}.", "",
         "| arm | held-out top-1 (%) | per seed | MMACs | params (M) | CPU latency (ms) | ratios |",
         "|---|---|---|---|---|---|---|",
@@ -260,23 +284,9 @@ def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: d
     for r in rows:
         lines.append(
             f"| {r['arm']}{' (best)' if r['arm'] == best else ''} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f} | "
-            f"{', '.join(f'{x:.2f}' for x in r['accs'])} | {r['macs'] / 1e6:.2f} | {r['params'] / 1e6:.3f} | "
+            f"{', '.join(f'{x:.2f}' for x in r['accs'])}{' (= ' + r['same_as'] + ')' if r.get('same_as') else ''} | {r['macs'] / 1e6:.2f} | {r['params'] / 1e6:.3f} | "
             f"{r['latency_ms']:.2f} | {' '.join(f'{x:g}' for x in r['ratios'])} |")
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the section starting with :data:`SECTION` in ``path``, atomically."""
-    from partialnet.utils.atomic import atomic_write_text
-
-    text = path.read_text() if path.is_file() else ""
-    start = text.find(SECTION)
-    if start >= 0:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if nxt < 0 else text[nxt:])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, text)
 
 
 if __name__ == "__main__":
