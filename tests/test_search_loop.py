@@ -101,20 +101,22 @@ def _column(run: Path, key: str) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("direction", [*sorted(DIRECTIONS), "dearer-bilevel"])
+@pytest.mark.parametrize("direction", [*sorted(DIRECTIONS), "dearer-bilevel", "dearer-argmax"])
 def test_search_moves_the_expected_cost_and_exports_the_argmax_in_band(tmp_path, direction):
-    """Also with search.arch_split (bilevel: the logits step on their own quarter of the data)."""
+    """Also with search.arch_split (bilevel: the logits step on their own quarter of the data) and
+    with search.argmax_ramp=false (the constraint on the argmax's cost from the first search step)."""
     from partialnet.search.search_task import search
 
-    bilevel = direction.endswith("-bilevel")
-    step, candidates = DIRECTIONS[direction.removesuffix("-bilevel")]
+    variant = {"-bilevel": ["search.arch_split=0.25", "data.train_size=384"], "-argmax": ["search.argmax_ramp=false"]}
+    extra = next((v for k, v in variant.items() if direction.endswith(k)), [])
+    step, candidates = DIRECTIONS[direction.split("-")[0]]
     warm, lo, hi = _warmup_expected_macs(candidates)
     target = warm * (1 + step)
     assert lo < target < hi and abs(target / warm - 1) >= 0.1
     out = tmp_path / "run"
     cfg = _compose([*SMALL_SEARCH, f"search.candidates=[{','.join(map(str, candidates))}]",
                     f"search.flops_target={target / 1e9:.9f}", f"paths.output_dir={out}",
-                    f"paths.log_dir={tmp_path}", *(["search.arch_split=0.25", "data.train_size=384"] if bilevel else [])])
+                    f"paths.log_dir={tmp_path}", *extra])
     metrics = search(cfg)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
@@ -130,6 +132,10 @@ def test_search_moves_the_expected_cost_and_exports_the_argmax_in_band(tmp_path,
     active = _column(out, "search/active")
     first_search = expected[active.index(1.0)] * 1e9
     assert first_search == pytest.approx(warm, rel=1e-3)
+    if direction.endswith("-argmax"):  # no E[F] term: the argmax's cost is what travels (from the r=1/4 model)
+        expected = _column(out, "search/argmax_gmacs")
+        active = [1.0] * len(expected)
+        assert abs(expected[0] * 1e9 / target - 1) >= 0.1
     closest = min(abs(e * 1e9 / target - 1) for e, a in zip(expected, active) if a == 1.0)
     assert closest <= 0.03, (closest, [round(e * 1e9 / target, 3) for e in expected])
 

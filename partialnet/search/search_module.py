@@ -85,6 +85,7 @@ class SearchModule(ClassificationModule):
         self.arch_betas = tuple(float(b) for b in s.get("arch_betas", (0.9, 0.999)))
         self.entropy_weight = float(s.get("entropy_weight", 0.0))
         self.argmax_constraint = bool(s.get("argmax_constraint", True))
+        self.argmax_ramp = bool(s.get("argmax_ramp", True))
         self.arch_optimizer = str(s.get("arch_optimizer", "adam"))
         self.tolerance = float(s.get("tolerance", 0.03))
         self.arch_split = float(s.get("arch_split") or 0.0)
@@ -183,7 +184,8 @@ class SearchModule(ClassificationModule):
             # weight rises while the argmax misses half the tolerance band (dual ascent).
             on_argmax = self.argmax_macs_st()
             scale = float(self.lambda_scale)
-            constraint = (1.0 - progress) * constraint + progress * scale * flops_loss(
+            ramp = progress if self.argmax_ramp else 1.0
+            constraint = (1.0 - ramp) * constraint + ramp * scale * flops_loss(
                 on_argmax, self.target_macs, self.loss_kind, self.loss_weight)
             self._update_lambda_scale(float(on_argmax.detach()) / self.target_macs - 1.0)
         entropy = self.mean_entropy()

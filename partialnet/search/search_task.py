@@ -41,7 +41,7 @@ _SEARCH_KEYS = {
     "hard", "tau_start", "tau_end", "tau_schedule", "warmup_epochs", "warmup_sampling", "arch_lr", "arch_betas",
     "num_heads", "entropy_weight", "argmax_constraint", "arch_optimizer", "space", "mlp_candidates",
     "constraint", "params_target", "params_ratio", "latency_target_ms", "latency_ratio", "latency_table",
-    "latency_batch_size", "latency_threads", "latency_device", "arch_split",
+    "latency_batch_size", "latency_threads", "latency_device", "arch_split", "argmax_ramp",
 }
 
 
