@@ -93,6 +93,33 @@ def profile_kinds(name: str, size: int, iters: int = 10) -> dict[str, float]:
     return kinds
 
 
+def openvino_kinds(name: str, size: int, threads: int, iters: int = 10) -> dict[str, float]:
+    """OpenVINO's own per-node counters (PERF_COUNT) for the fused model's ONNX export at batch 1:
+    ms per inference by node type (exec type in brackets), summed over the graph's nodes."""
+    import tempfile
+
+    import numpy as np
+    import openvino as ov
+
+    from partialnet.deploy.onnx_export import export_onnx
+
+    fused = fuse(partialnet.create_model(name).eval())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(fused, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=True, fuse=True)
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    kinds: dict[str, float] = defaultdict(float)
+    for i in range(iters + 3):
+        request.infer({0: x})
+        if i >= 3:  # after the warm-up calls
+            for node in request.profiling_info:
+                kinds[f"{node.node_type} ({node.exec_type})"] += node.real_time.total_seconds() * 1e3 / iters
+    return {k: v for k, v in kinds.items() if v > 0}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None)
@@ -155,6 +182,16 @@ def main(argv=None) -> int:
     keys = sorted({k for d in kinds.values() for k in d}, key=lambda k: -kinds[PAIRS[0][0]].get(k, 0.0))
     for k in keys:
         print(f"| {k} | " + " | ".join(f"{kinds[n].get(k, 0.0):.2f}" for n in PAIRS[0]) + " |")
+    if "openvino" in runtimes:
+        ov_kinds = {n: openvino_kinds(n, args.size, threads) for n in PAIRS[0]}
+        print(f"\nWhere the time goes at batch 1 on OpenVINO ({threads} thread(s)): ms per inference by node type "
+              f"(OpenVINO's counters; the export form has no channel split feeding two consumers)\n")
+        print(f"| node type (implementation) | {' | '.join(PAIRS[0])} |")
+        print("|---|---|---|")
+        keys = sorted({k for d in ov_kinds.values() for k in d}, key=lambda k: -ov_kinds[PAIRS[0][0]].get(k, 0.0))
+        for k in keys:
+            print(f"| {k} | " + " | ".join(f"{ov_kinds[n].get(k, 0.0):.3f}" for n in PAIRS[0]) + " |")
+        print("| total of the nodes | " + " | ".join(f"{sum(ov_kinds[n].values()):.2f}" for n in PAIRS[0]) + " |")
     print(f"\nload average after: {load_avg()}")
     return 0
 

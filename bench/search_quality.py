@@ -9,9 +9,11 @@ Protocol (every arm gets the same budget: epochs, batches per epoch, lr, seeds):
    used only to score the retrained arms. The search never sees it: it runs on the rest, and
    its own validation is a second stratified split of that rest.
 2. Search PartialNet-T0 (small-input stem, 32 px) at ``search.flops_ratio=1.0`` with
-   ``search_dpconv.py``.
+   ``search_dpconv.py``, once per ``--search`` (default: joint, bilevel with 20 % of the search's
+   training data for the logits, and bilevel with the constraint on the argmax from the start).
 3. Retrain from scratch with ``train.py`` (training set = everything but the hold-out,
-   validation = the hold-out): (a) the uniform r = 1/4 model, (b) the searched ratios,
+   validation = the hold-out): (a) the uniform r = 1/4 model, (b) each searched architecture (an arm whose ratios equal an
+   earlier arm's reuses its runs),
    (c) ``--random`` architectures drawn uniformly per layer and kept when their MACs are
    within +-3 % of the r = 1/4 model's.
 4. Per arm: held-out top-1 of the last epoch (mean and spread over seeds), MACs, params and
@@ -46,6 +48,12 @@ from partialnet.data.cifar10 import CIFAR10DataModule, stratified_split  # noqa:
 from partialnet.data.transforms import InMemoryImageDataset  # noqa: E402
 
 MODEL = "partialnet_t0"
+# The searched arms: name = search_dpconv.py overrides (on top of the shared ones below).
+DEFAULT_SEARCHES = (
+    "joint=search.arch_split=0",
+    "bilevel 0.2=search.arch_split=0.2",
+    "bilevel 0.2 argmax-only=search.arch_split=0.2 search.argmax_ramp=false",
+)
 SECTION = "### Search quality: searched vs uniform r=1/4 vs random ratios (CIFAR-10)"
 
 
@@ -176,9 +184,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
     ap.add_argument("--latency-runs", type=int, default=50)
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_search_quality"))
-    ap.add_argument("--arch-split", default="0,0.2",
-                    help="search.arch_split per searched arm, comma-separated: 0 = joint (one batch trains weights "
-                         "and logits), f > 0 = bilevel (f of the search's training data kept for the logits)")
+    ap.add_argument("--search", action="append", default=None, metavar="NAME=OVERRIDES",
+                    help="a searched arm: its name, '=', then search_dpconv.py overrides separated by spaces; "
+                         "repeat for several (default: " + "; ".join(DEFAULT_SEARCHES) + ")")
+    ap.add_argument("--search-only", action="store_true", help="run the searches and stop (no retraining)")
     ap.add_argument("--warmup-sampling", default="uniform", choices=("fixed", "uniform"),
                     help="search.warmup_sampling: architecture trained during the warm-up")
     ap.add_argument("--search-override", action="append", default=[], help="extra search_dpconv.py override")
@@ -198,14 +207,17 @@ def main(argv=None) -> int:
           f"{a.batches} batches x {a.batch_size} per epoch, retrain {a.epochs} epochs, seeds {seeds}, "
           f"{a.threads} thread(s)", flush=True)
 
-    # 1. searches (never see the hold-out): one per --arch-split value
+    # 1. searches (never see the hold-out): one per --search
     import yaml
 
     arms: dict[str, tuple[str, list[float] | None]] = {"uniform r=1/4": ("uniform_r1-4", None)}
     projections = {}
-    for split in [float(v) for v in a.arch_split.split(",") if v.strip()]:
-        kind = "joint" if split == 0 else f"bilevel {split:g}"
-        run_name = "searched_" + kind.replace(" ", "")
+    for spec in a.search or DEFAULT_SEARCHES:
+        kind, _, overrides = spec.partition("=")
+        if not kind.strip() or not overrides.strip():
+            raise SystemExit(f"--search {spec!r}: expected NAME=OVERRIDES, e.g. 'bilevel=search.arch_split=0.2'")
+        kind = kind.strip()
+        run_name = "searched_" + "".join(ch for ch in kind if ch.isalnum() or ch in "._-")
         search_dir = out / "search" / "runs" / run_name
         if not (search_dir / "ratios.yaml").is_file():
             print(f"[search, {kind}] {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at flops_ratio=1.0", flush=True)
@@ -213,7 +225,7 @@ def main(argv=None) -> int:
                                       "task_name=search",
                                       f"trainer.max_epochs={a.search_epochs}", f"search.warmup_epochs={a.warmup_epochs}",
                                       "search.flops_ratio=1.0", "ckpt_path=null", "trainer.limit_val_batches=10",
-                                      f"search.arch_split={split}", f"search.warmup_sampling={a.warmup_sampling}",
+                                      f"search.warmup_sampling={a.warmup_sampling}", *overrides.split(),
                                       *a.search_override],
                  out / "logs" / f"{run_name}.log", a.threads)
         searched = yaml.safe_load((search_dir / "ratios.yaml").read_text())
@@ -221,6 +233,8 @@ def main(argv=None) -> int:
         print(f"  searched ({kind}) ratios {searched['ratios']} ({searched['macs'] / 1e6:.2f} MMACs, target "
               f"{searched['target_macs'] / 1e6:.2f}; projection used: {projections[kind]})", flush=True)
         arms[f"searched ({kind})"] = (run_name, list(searched["ratios"]))
+    if a.search_only:
+        return 0
 
     # 2. arms
     for i, ratios in enumerate(random_architectures(a.random, seed=1234)):
