@@ -330,6 +330,13 @@ def build_variant(name: str, defaults: dict, pretrained: bool = False, **kwargs)
     ``pretrained`` with a local ``pretrained_cfg_overlay=dict(file=PATH)``): the model is
     built by timm's ``build_model_with_cfg``. ``None`` values mean "use the default", as in timm.
     """
+    import inspect
+
+    takes = set(inspect.signature(PartialChannelNet.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - takes - set(TIMM_BUILD_KWARGS))
+    if unknown:
+        raise UserError(f"model {name!r} does not take {unknown[0]!r}; its arguments are {', '.join(sorted(takes))} "
+                        f"(and timm's {', '.join(TIMM_BUILD_KWARGS)})")
     build_kwargs = {key: kwargs.pop(key) for key in TIMM_BUILD_KWARGS if kwargs.get(key) is not None}
     for key in TIMM_BUILD_KWARGS:
         kwargs.pop(key, None)

@@ -66,6 +66,11 @@ def build_datamodule(data_cfg):
 
 def model_kwargs_from_cfg(model_cfg, num_classes: int, image_size: int) -> dict:
     """Constructor kwargs for ``create_model(model_cfg.name, **kwargs)``."""
+    known = {"name", "kwargs", "init_from", *_MODEL_KEYS}
+    unknown = sorted(k for k in model_cfg.keys() if k not in known)
+    if unknown:
+        raise UserError(f"model.{unknown[0]} is not a model option (those are {', '.join(sorted(known))}); "
+                        f"pass another constructor argument as model.kwargs.{unknown[0]}=...")
     kwargs = {"num_classes": int(num_classes)}
     for key in _MODEL_KEYS:
         val = model_cfg.get(key)
@@ -84,16 +89,9 @@ def check_ratios_file_fits(name: str, kwargs: dict) -> None:
 
 
 def build_model(name: str, kwargs: dict) -> torch.nn.Module:
-    """``create_model`` with config-friendly errors."""
-    try:
-        return create_model(name, **kwargs)
-    except UserError:
-        raise
-    except TypeError as e:
-        if "unexpected keyword argument" in str(e):
-            bad = str(e).split("argument")[-1].strip(" '\"")
-            raise UserError(f"model {name!r} does not take {bad!r}; remove model.{bad} from the overrides") from None
-        raise
+    """``create_model``; an argument the model does not take is a :class:`UserError` raised by the
+    model's builder (checked against its constructor's signature)."""
+    return create_model(name, **kwargs)
 
 
 def build_trainer(trainer_cfg, callbacks: list, loggers: list, run_dir: Path):
