@@ -117,3 +117,38 @@ def test_logits_learn_from_the_arch_part_only_and_weights_from_the_weight_part(t
         assert torch.equal(v, scrambled["weights"][k]), k
     assert torch.count_nonzero(plain["logits"]) > 0
     assert not torch.equal(plain["logits"], scrambled["logits"])
+
+
+@pytest.mark.slow
+def test_bilevel_search_under_ddp_two_processes(tmp_path):
+    """2 gloo processes: the logits' gradient (autograd.grad, outside DDP's hooks) is averaged over
+    the ranks, so both ranks hold the same logits and the run exports one ratios.yaml."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", WANDB_MODE="disabled",
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
+    env.pop("PARTIALNET_RUN_NAME", None)
+    args = [a for a in TINY if "probe" not in a and not a.startswith("trainer.accelerator")] + [
+        "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data.train_size=160", "data.batch_size=32",
+        "logger=csv", f"paths.log_dir={tmp_path}", "run_name=ddp", "+callbacks.ranks._target_=test_search_bilevel.SaveLogits"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "search_dpconv.py"), *args], cwd=str(REPO), env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = tmp_path / "search" / "runs" / "ddp"
+    assert (run / "ratios.yaml").is_file()
+    logits = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]["arch_logits"]
+    assert torch.count_nonzero(logits) > 0
+    per_rank = [torch.load(run / f"logits_rank{r}.pt") for r in (0, 1)]
+    assert torch.equal(per_rank[0], per_rank[1]) and torch.equal(per_rank[0], logits)
+
+
+class SaveLogits(pl.Callback):
+    """Each rank writes its architecture logits at the end of the fit."""
+
+    def on_train_end(self, trainer, module):
+        torch.save(module.arch_logits.detach().cpu(), Path(trainer.default_root_dir) / f"logits_rank{trainer.global_rank}.pt")
