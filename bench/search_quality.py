@@ -169,6 +169,50 @@ def measure_archs(archs: list[list[float]], threads: int, runs: int, rounds: int
         torch.set_num_threads(prev)
 
 
+def supernet_proxy(search_dirs: dict[str, Path], arms: dict[str, list[float]], holdout: float, threads: int,
+                   calib_batches: int = 40, score_batches: int | None = None) -> dict[tuple[str, str], float]:
+    """Diagnostic: how each search's supernet ranks the arms. Per (search, arm): the arm's static
+    model with the supernet's weights (``extract_static``), BatchNorm statistics re-estimated on
+    ``calib_batches`` training batches, top-1 on the scoring hold-out (after the fact: the search
+    never saw it)."""
+    from partialnet.data.cifar10 import CIFAR10DataModule
+    from partialnet.models.registry import create_model
+    from partialnet.search.supernet import DEFAULT_CANDIDATES, extract_static, layer_specs, to_supernet
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    train, hold = CIFAR10DataModule(batch_size=256, image_size=32, val_fraction=holdout, seed=0).build_datasets()
+    hold_loader = torch.utils.data.DataLoader(hold, batch_size=500)
+    out = {}
+    try:
+        for search, run_dir in search_dirs.items():
+            model = create_model(MODEL, num_classes=10, small_input=True)
+            specs = layer_specs(model, list(DEFAULT_CANDIDATES))
+            to_supernet(model, list(DEFAULT_CANDIDATES))
+            state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+            model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+            for arm, ratios in arms.items():
+                static = extract_static(model, specs, [list(s.candidates).index(r) for s, r in zip(specs, ratios)])
+                for m in static.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.reset_running_stats()
+                        m.momentum = None  # cumulative average over the calibration batches
+                calib = torch.utils.data.DataLoader(train, batch_size=256, shuffle=True,
+                                                    generator=torch.Generator().manual_seed(0))
+                with torch.no_grad():
+                    static.train()
+                    for i, (x, _) in zip(range(calib_batches), calib):
+                        static(x)
+                    static.eval()
+                    scored = [(int((static(x).argmax(1) == y).sum()), len(y))
+                              for _, (x, y) in zip(range(score_batches or len(hold_loader)), hold_loader)]
+                out[(search, arm)] = 100.0 * sum(c for c, _ in scored) / sum(n for _, n in scored)
+                print(f"  proxy: supernet of search ({search}), arm {arm}: {out[(search, arm)]:.2f} %", flush=True)
+    finally:
+        torch.set_num_threads(prev)
+    return out
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -188,6 +232,9 @@ def main(argv=None) -> int:
                     help="a searched arm: its name, '=', then search_dpconv.py overrides separated by spaces; "
                          "repeat for several (default: " + "; ".join(DEFAULT_SEARCHES) + ")")
     ap.add_argument("--search-only", action="store_true", help="run the searches and stop (no retraining)")
+    ap.add_argument("--proxy", action="store_true",
+                    help="also score every arm with each search's supernet weights (BN re-estimated) on the hold-out: "
+                         "does the supernet rank the arms as retraining does? (about 1 min per arm and search)")
     ap.add_argument("--warmup-sampling", default="uniform", choices=("fixed", "uniform"),
                     help="search.warmup_sampling: architecture trained during the warm-up")
     ap.add_argument("--search-override", action="append", default=[], help="extra search_dpconv.py override")
@@ -211,7 +258,7 @@ def main(argv=None) -> int:
     import yaml
 
     arms: dict[str, tuple[str, list[float] | None]] = {"uniform r=1/4": ("uniform_r1-4", None)}
-    projections = {}
+    projections, search_dirs = {}, {}
     for spec in a.search or DEFAULT_SEARCHES:
         kind, _, overrides = spec.partition("=")
         if not kind.strip() or not overrides.strip():
@@ -233,6 +280,7 @@ def main(argv=None) -> int:
         print(f"  searched ({kind}) ratios {searched['ratios']} ({searched['macs'] / 1e6:.2f} MMACs, target "
               f"{searched['target_macs'] / 1e6:.2f}; projection used: {projections[kind]})", flush=True)
         arms[f"searched ({kind})"] = (run_name, list(searched["ratios"]))
+        search_dirs[kind] = search_dir
     if a.search_only:
         return 0
 
@@ -272,15 +320,18 @@ def main(argv=None) -> int:
               f"{m['macs'] / 1e6:.2f} MMACs, {m['params'] / 1e6:.3f} M params, CPU latency {m['latency_ms']:.2f} ms "
               f"(batch 1, {a.threads} thread(s), fused)", flush=True)
 
+    proxy = supernet_proxy(search_dirs, {r["arm"]: r["ratios"] for r in rows}, a.holdout, a.threads,
+                           **(dict(calib_batches=2, score_batches=1) if a.quick else {})) if a.proxy else {}
     minutes = (time.time() - t_start) / 60
-    table = render(rows, a, seeds, minutes, projections)
+    table = render(rows, a, seeds, minutes, projections, proxy)
     (out / "search_quality.md").write_text(table)
     (out / "search_quality.json").write_text(json.dumps(rows, indent=1))
     print(table, flush=True)
     return 0
 
 
-def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: dict[str, bool]) -> str:
+def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: dict[str, bool],
+           proxy: dict[tuple[str, str], float] | None = None) -> str:
     best = max(rows, key=lambda r: r["acc_mean"])["arm"]
     lines = [
         SECTION, "",
@@ -300,6 +351,14 @@ def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: d
             f"| {r['arm']}{' (best)' if r['arm'] == best else ''} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f} | "
             f"{', '.join(f'{x:.2f}' for x in r['accs'])}{' (= ' + r['same_as'] + ')' if r.get('same_as') else ''} | {r['macs'] / 1e6:.2f} | {r['params'] / 1e6:.3f} | "
             f"{r['latency_ms']:.2f} | {' '.join(f'{x:g}' for x in r['ratios'])} |")
+    if proxy:
+        searches = list(dict.fromkeys(k for k, _ in proxy))
+        lines += ["", "Diagnostic (--proxy): each search's supernet scoring every arm on the hold-out (its weights, "
+                      "BatchNorm re-estimated on training batches), top-1 %:", "",
+                  "| arm | " + " | ".join(f"supernet of {k}" for k in searches) + " |",
+                  "|---|" + "---|" * len(searches)]
+        for r in rows:
+            lines.append(f"| {r['arm']} | " + " | ".join(f"{proxy[(k, r['arm'])]:.2f}" for k in searches) + " |")
     return "\n".join(lines) + "\n"
 
 
