@@ -1,6 +1,6 @@
 """Does the DPConv search earn its place? Searched vs uniform r=1/4 vs random ratios on CIFAR-10.
 
-    python bench/search_quality.py            # full default (~90 min on 2 quiet cores)
+    python bench/search_quality.py            # full default (about 90 min on 2 quiet cores)
     python bench/search_quality.py --quick    # smoke mode (a few minutes)
 
 Protocol (every arm gets the same budget: epochs, batches per epoch, lr, seeds):
@@ -232,9 +232,10 @@ def main(argv=None) -> int:
                     help="a searched arm: its name, '=', then search_dpconv.py overrides separated by spaces; "
                          "repeat for several (default: " + "; ".join(DEFAULT_SEARCHES) + ")")
     ap.add_argument("--search-only", action="store_true", help="run the searches and stop (no retraining)")
-    ap.add_argument("--proxy", action="store_true",
-                    help="also score every arm with each search's supernet weights (BN re-estimated) on the hold-out: "
-                         "does the supernet rank the arms as retraining does? (about 1 min per arm and search)")
+    ap.add_argument("--no-proxy", dest="proxy", action="store_false",
+                    help="skip the diagnostic that scores every arm with each search's supernet weights (BN "
+                         "re-estimated) on the hold-out: does weight sharing rank the arms as retraining does? "
+                         "(about 30 s per arm and search on 2 cores)")
     ap.add_argument("--warmup-sampling", default="uniform", choices=("fixed", "uniform"),
                     help="search.warmup_sampling: architecture trained during the warm-up")
     ap.add_argument("--search-override", action="append", default=[], help="extra search_dpconv.py override")
@@ -259,6 +260,7 @@ def main(argv=None) -> int:
 
     arms: dict[str, tuple[str, list[float] | None]] = {"uniform r=1/4": ("uniform_r1-4", None)}
     projections, search_dirs = {}, {}
+    reused = 0
     for spec in a.search or DEFAULT_SEARCHES:
         kind, _, overrides = spec.partition("=")
         if not kind.strip() or not overrides.strip():
@@ -266,6 +268,7 @@ def main(argv=None) -> int:
         kind = kind.strip()
         run_name = "searched_" + "".join(ch for ch in kind if ch.isalnum() or ch in "._-")
         search_dir = out / "search" / "runs" / run_name
+        reused += (search_dir / "ratios.yaml").is_file()
         if not (search_dir / "ratios.yaml").is_file():
             print(f"[search, {kind}] {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at flops_ratio=1.0", flush=True)
             _run("search_dpconv.py", [*common, "data._target_=search_quality.SearchSplitCIFAR10", f"run_name={run_name}",
@@ -300,7 +303,9 @@ def main(argv=None) -> int:
                 break
             run_name = f"{tag}_s{seed}"
             run_dir = out / "cifar10_partialnet_t0" / "runs" / run_name
-            if not (run_dir / "metrics.csv").is_file() or _last_metric(run_dir, "val/acc1") is None:
+            done = (run_dir / "metrics.csv").is_file() and _last_metric(run_dir, "val/acc1") is not None
+            reused += done
+            if not done:
                 print(f"[{name}] seed {seed}: retrain {a.epochs} epochs", flush=True)
                 extra = [] if ratios is None else [f"model.ratios=[{','.join(f'{r:g}' for r in ratios)}]"]
                 _run("train.py", [*common, *extra, f"seed={seed}", f"run_name={run_name}", f"trainer.max_epochs={a.epochs}",
@@ -323,7 +328,7 @@ def main(argv=None) -> int:
     proxy = supernet_proxy(search_dirs, {r["arm"]: r["ratios"] for r in rows}, a.holdout, a.threads,
                            **(dict(calib_batches=2, score_batches=1) if a.quick else {})) if a.proxy else {}
     minutes = (time.time() - t_start) / 60
-    table = render(rows, a, seeds, minutes, projections, proxy)
+    table = render(rows, a, seeds, minutes, projections, proxy, reused)
     (out / "search_quality.md").write_text(table)
     (out / "search_quality.json").write_text(json.dumps(rows, indent=1))
     print(table, flush=True)
@@ -331,7 +336,7 @@ def main(argv=None) -> int:
 
 
 def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: dict[str, bool],
-           proxy: dict[tuple[str, str], float] | None = None) -> str:
+           proxy: dict[tuple[str, str], float] | None = None, reused: int = 0) -> str:
     best = max(rows, key=lambda r: r["acc_mean"])["arm"]
     lines = [
         SECTION, "",
@@ -341,7 +346,8 @@ def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: d
         f"flops_ratio=1.0, warm-up sampling {a.warmup_sampling}; "
         + "; ".join(f"{k}: {'projection used' if v else 'argmax in band without projection'}" for k, v in projections.items())
         + f"{' ' + ' '.join(a.search_override) if a.search_override else ''}. "
-        f"CPU latency: fused model, batch 1, {a.threads} thread(s), median of calls timed round-robin over the arms. Wall time {minutes:.0f} min"
+        f"CPU latency: fused model, batch 1, {a.threads} thread(s), median of calls timed round-robin over the arms. Wall time of this invocation {minutes:.0f} min"
+        f"{f' (it reused {reused} finished run(s) in --out)' if reused else ''}"
         f"{' (--quick smoke run: numbers mean nothing)' if a.quick else ''}.", "",
         "| arm | held-out top-1 (%) | per seed | MMACs | params (M) | CPU latency (ms) | ratios |",
         "|---|---|---|---|---|---|---|",
@@ -353,7 +359,7 @@ def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: d
             f"{r['latency_ms']:.2f} | {' '.join(f'{x:g}' for x in r['ratios'])} |")
     if proxy:
         searches = list(dict.fromkeys(k for k, _ in proxy))
-        lines += ["", "Diagnostic (--proxy): each search's supernet scoring every arm on the hold-out (its weights, "
+        lines += ["", "Diagnostic (skip with --no-proxy): each search's supernet scoring every arm on the hold-out (its weights, "
                       "BatchNorm re-estimated on training batches), top-1 %:", "",
                   "| arm | " + " | ".join(f"supernet of {k}" for k in searches) + " |",
                   "|---|" + "---|" * len(searches)]
