@@ -133,6 +133,12 @@ def test_search_moves_the_expected_cost_and_exports_the_argmax_in_band(tmp_path,
     first_search = expected[active.index(1.0)] * 1e9
     assert first_search == pytest.approx(warm, rel=1e-3)
     if direction.endswith("-argmax"):  # no E[F] term: the argmax's cost is what travels (from the r=1/4 model)
+        # the first search step's constraint is on the argmax (the r=1/4 model), not on E[F]
+        model = partialnet.create_model("partialnet_t0", num_classes=10, small_input=True)
+        ref = build_cost_table(model, layer_specs(model, candidates), 32).reference_macs
+        first = _column(out, "search/constraint_loss_step")[active.index(1.0)]
+        assert first == pytest.approx(20.0 * (ref / target - 1) ** 2, rel=1e-4)
+        assert first != pytest.approx(20.0 * (warm / target - 1) ** 2, rel=1e-2)
         expected = _column(out, "search/argmax_gmacs")
         active = [1.0] * len(expected)
         assert abs(expected[0] * 1e9 / target - 1) >= 0.1

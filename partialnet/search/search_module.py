@@ -173,8 +173,8 @@ class SearchModule(ClassificationModule):
             return self.model(x)
 
     # ------------------------------------------------------------------ train
-    def _arch_loss(self, searching: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """(constraint + entropy term, constraint, E[cost], progress); updates the dual-ascent weight."""
+    def _arch_loss(self, searching: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(constraint + entropy term, constraint); while searching, updates the dual-ascent weight."""
         expected = self.expected_macs()
         constraint = flops_loss(expected, self.target_macs, self.loss_kind, self.loss_weight)
         progress = self.search_progress()
@@ -189,7 +189,7 @@ class SearchModule(ClassificationModule):
                 on_argmax, self.target_macs, self.loss_kind, self.loss_weight)
             self._update_lambda_scale(float(on_argmax.detach()) / self.target_macs - 1.0)
         entropy = self.mean_entropy()
-        return constraint + (self.entropy_weight * progress) * entropy, constraint, expected, progress
+        return constraint + (self.entropy_weight * progress) * entropy, constraint
 
     def _arch_gradient(self, batch_a, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bilevel: the logits' gradient of ``CE(x_a) + constraint`` on the architecture part of the
@@ -199,7 +199,7 @@ class SearchModule(ClassificationModule):
         weights, indices = self._sample(tau)
         with arch_choice(self._masked, weights, indices):
             ce_a = F.cross_entropy(self._train_forward(x_a).float(), y_a)
-        arch_loss, constraint, _, _ = self._arch_loss(True)
+        arch_loss, constraint = self._arch_loss(True)
         (grad,) = torch.autograd.grad(ce_a + arch_loss.to(ce_a.dtype), [self.arch_logits])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(grad)
@@ -219,6 +219,8 @@ class SearchModule(ClassificationModule):
 
         searching = self.is_searching()
         tau = self.temperature()
+        with torch.no_grad():  # logged as they were before this step's updates
+            expected, entropy = self.expected_macs(), self.mean_entropy()
         arch_grad = ce_a = None
         if bilevel and searching:  # the logits' step first, on data the weights never see (first-order)
             arch_grad, ce_a, constraint = self._arch_gradient(batch[2:], tau)
@@ -229,17 +231,14 @@ class SearchModule(ClassificationModule):
             logits = self._train_forward(x)
         ce = self.train_loss_fn(logits, target)
         if bilevel:
-            expected = self.expected_macs()
-            entropy = self.mean_entropy()
-            if arch_grad is None:
-                constraint = flops_loss(expected, self.target_macs, self.loss_kind, self.loss_weight)
+            if arch_grad is None:  # warm-up: the constraint is only logged
+                _, constraint = self._arch_loss(False)
             # 0 x logits keeps DDP's "every parameter gets a gradient" happy; the real one is set below.
             loss = ce + 0.0 * self.arch_logits.sum()
         else:
-            arch_loss, constraint, expected, _ = self._arch_loss(searching)
-            entropy = self.mean_entropy()
+            arch_loss, constraint = self._arch_loss(searching)
             # During warm-up the logits take no part (0 x keeps DDP's "every parameter used" happy).
-            loss = ce + (arch_loss.to(ce.dtype) if searching else 0.0 * arch_loss.to(ce.dtype))
+            loss = ce + (arch_loss if searching else 0.0 * arch_loss).to(ce.dtype)
         if not torch.isfinite(loss):
             raise UserError(
                 f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
@@ -273,11 +272,11 @@ class SearchModule(ClassificationModule):
         self.log("train/resolution", float(res), on_step=False, on_epoch=True, batch_size=bs)
         self.log("search/tau", tau, on_step=True, on_epoch=False, batch_size=bs)
         key, scale = log_key(self.cost.metric)
-        self.log(f"search/expected_{key}", expected.detach().float() / scale, on_step=True, on_epoch=True,
+        self.log(f"search/expected_{key}", expected.float() / scale, on_step=True, on_epoch=True,
                  prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("search/constraint_loss", constraint.detach().float(), on_step=True, on_epoch=True, batch_size=bs,
                  sync_dist=True)
-        self.log("search/entropy", entropy.detach().float(), on_step=True, on_epoch=True, batch_size=bs)
+        self.log("search/entropy", entropy.float(), on_step=True, on_epoch=True, batch_size=bs)
         self.log("search/lambda_scale", float(self.lambda_scale), on_step=True, on_epoch=False, batch_size=bs)
         self.log("search/active", float(searching), on_step=True, on_epoch=False, batch_size=bs)
         self._log_arch(on_step=True, batch_size=bs)

@@ -73,6 +73,9 @@ def _check_search_cfg(s: dict, max_epochs: int) -> None:
         raise UserError(f"search.arch_optimizer={s.get('arch_optimizer')!r} is unknown; choose adam or sgd")
     if not float(s.get("entropy_weight", 0)) >= 0:
         raise UserError(f"search.entropy_weight={s.get('entropy_weight')} must be >= 0 (0 = no entropy penalty)")
+    for key in ("argmax_constraint", "argmax_ramp", "hard"):
+        if key in s and not isinstance(s[key], bool):
+            raise UserError(f"search.{key}={s[key]!r} must be true or false")
     split = s.get("arch_split") or 0
     if not isinstance(split, (int, float)) or isinstance(split, bool) or not 0 <= split < 1:
         raise UserError(f"search.arch_split={split!r} must be in [0, 1): e.g. 0.2 keeps 20 % of the training set "
