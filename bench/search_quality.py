@@ -106,19 +106,36 @@ def _last_metric(run_dir: Path, key: str) -> float | None:
     return value
 
 
-def _cost_table(input_size: int):
+def _cost_table(input_size: int, space: str = "split"):
     from partialnet.models.registry import create_model
-    from partialnet.search.cost_model import build_cost_table
+    from partialnet.search.space_cost import build_space_cost_table
     from partialnet.search.supernet import DEFAULT_CANDIDATES, layer_specs
 
     model = create_model(MODEL, num_classes=10, small_input=True)
-    specs = layer_specs(model, DEFAULT_CANDIDATES)
-    return specs, build_cost_table(model, specs, input_size)
+    specs = layer_specs(model, DEFAULT_CANDIDATES, space=space)
+    return specs, build_space_cost_table(model, specs, input_size, space=space)
 
 
-def random_architectures(n: int, seed: int, tol: float = 0.03, input_size: int = 32) -> list[list[float]]:
-    """``n`` per-layer ratio lists drawn uniformly per layer, kept when within +-tol of the r=1/4 MACs."""
-    specs, cost = _cost_table(input_size)
+def uniform_architecture(space: str = "split") -> list[float]:
+    """The reference arm as one value per searched row: every split at r=1/4 (and, for
+    ``split+mlp``, every MLP at the model's own expansion ratio)."""
+    specs, _ = _cost_table(32, space)
+    return [float(s.extra["own"]) if s.kind == "mlp" else 0.25 for s in specs]
+
+
+def model_lists(arch: list[float], space: str = "split") -> tuple[list[float], list[float] | None]:
+    """One value per searched row -> (per-split ratios, per-block MLP ratios or None for ``split``)."""
+    if space == "split":
+        return list(arch), None
+    half = len(arch) // 2  # PartialNet-T0: one split and one MLP per block
+    return list(arch[:half]), list(arch[half:])
+
+
+def random_architectures(n: int, seed: int, tol: float = 0.03, input_size: int = 32,
+                         space: str = "split") -> list[list[float]]:
+    """``n`` architectures (one value per searched row of ``space``) drawn uniformly per row, kept
+    when within +-tol of the r=1/4 model's MACs."""
+    specs, cost = _cost_table(input_size, space)
     rng = random.Random(seed)
     out, tries = [], 0
     while len(out) < n:
@@ -133,7 +150,7 @@ def random_architectures(n: int, seed: int, tol: float = 0.03, input_size: int =
     return out
 
 
-def measure_archs(archs: list[list[float]], threads: int, runs: int, rounds: int = 5) -> list[dict]:
+def measure_archs(archs: list[list[float]], threads: int, runs: int, rounds: int = 5, space: str = "split") -> list[dict]:
     """MACs, params and fused batch-1 CPU latency of each architecture. The latencies are timed
     round-robin (``rounds`` rounds of ``runs // rounds`` calls per architecture, one architecture
     after the other), so load that comes and goes hits every arm alike; median over all calls."""
@@ -146,8 +163,9 @@ def measure_archs(archs: list[list[float]], threads: int, runs: int, rounds: int
     x = torch.randn(1, 3, 32, 32)
     try:
         models, out = [], []
-        for ratios in archs:
-            model = create_model(MODEL, num_classes=10, small_input=True, ratios=ratios).eval()
+        for arch in archs:
+            ratios, mlp_ratios = model_lists(arch, space)
+            model = create_model(MODEL, num_classes=10, small_input=True, ratios=ratios, mlp_ratios=mlp_ratios).eval()
             c = count(model, 32)
             out.append({"macs": int(c["macs"]), "params": int(c["params"])})
             models.append(fuse(model, channels_last=False))
@@ -170,7 +188,8 @@ def measure_archs(archs: list[list[float]], threads: int, runs: int, rounds: int
 
 
 def supernet_proxy(search_dirs: dict[str, Path], arms: dict[str, list[float]], holdout: float, threads: int,
-                   calib_batches: int = 40, score_batches: int | None = None) -> dict[tuple[str, str], float]:
+                   calib_batches: int = 40, score_batches: int | None = None,
+                   space: str = "split") -> dict[tuple[str, str], float]:
     """Diagnostic: how each search's supernet ranks the arms. Per (search, arm): the arm's static
     model with the supernet's weights (``extract_static``), BatchNorm statistics re-estimated on
     ``calib_batches`` training batches, top-1 on the scoring hold-out (after the fact: the search
@@ -187,8 +206,8 @@ def supernet_proxy(search_dirs: dict[str, Path], arms: dict[str, list[float]], h
     try:
         for search, run_dir in search_dirs.items():
             model = create_model(MODEL, num_classes=10, small_input=True)
-            specs = layer_specs(model, list(DEFAULT_CANDIDATES))
-            to_supernet(model, list(DEFAULT_CANDIDATES))
+            specs = layer_specs(model, list(DEFAULT_CANDIDATES), space=space)
+            to_supernet(model, list(DEFAULT_CANDIDATES), space=space)
             state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
             model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
             for arm, ratios in arms.items():
@@ -227,7 +246,10 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the training split held out for scoring")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
     ap.add_argument("--latency-runs", type=int, default=50)
-    ap.add_argument("--out", default=str(REPO / "outputs" / "bench_search_quality"))
+    ap.add_argument("--space", default="split", choices=("split", "split+mlp"),
+                    help="search.space of the searches and of the random arms (split+mlp: each block's MLP width "
+                         "too; the uniform arm keeps the model's own width)")
+    ap.add_argument("--out", default=None, help="work folder (default outputs/bench_search_quality[_mlp])")
     ap.add_argument("--search", action="append", default=None, metavar="NAME=OVERRIDES",
                     help="a searched arm: its name, '=', then search_dpconv.py overrides separated by spaces; "
                          "repeat for several (default: " + "; ".join(DEFAULT_SEARCHES) + ")")
@@ -244,7 +266,7 @@ def main(argv=None) -> int:
         a.epochs, a.search_epochs, a.warmup_epochs, a.batches, a.seeds, a.random = 1, 2, 1, 4, "0", 1
         a.latency_runs = 10
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-    out = Path(a.out)
+    out = Path(a.out or REPO / "outputs" / ("bench_search_quality" + ("_mlp" if a.space == "split+mlp" else "")))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     common = ["experiment=cifar10_partialnet_t0", f"data.batch_size={a.batch_size}", f"data.val_fraction={a.holdout}",
@@ -253,12 +275,13 @@ def main(argv=None) -> int:
               "callbacks.progress_bar=null", f"paths.log_dir={out}"]
     print(f"search_quality: {MODEL} small-input 32px on CIFAR-10, hold-out {a.holdout:.0%} (split seed 0), "
           f"{a.batches} batches x {a.batch_size} per epoch, retrain {a.epochs} epochs, seeds {seeds}, "
-          f"{a.threads} thread(s)", flush=True)
+          f"{a.threads} thread(s), search space {a.space}", flush=True)
 
     # 1. searches (never see the hold-out): one per --search
     import yaml
 
     arms: dict[str, tuple[str, list[float] | None]] = {"uniform r=1/4": ("uniform_r1-4", None)}
+    space_overrides = [] if a.space == "split" else [f"search.space={a.space}"]
     projections, search_dirs = {}, {}
     reused = 0
     for spec in a.search or DEFAULT_SEARCHES:
@@ -275,25 +298,28 @@ def main(argv=None) -> int:
                                       "task_name=search",
                                       f"trainer.max_epochs={a.search_epochs}", f"search.warmup_epochs={a.warmup_epochs}",
                                       "search.flops_ratio=1.0", "ckpt_path=null", "trainer.limit_val_batches=10",
-                                      f"search.warmup_sampling={a.warmup_sampling}", *overrides.split(),
+                                      f"search.warmup_sampling={a.warmup_sampling}", *space_overrides, *overrides.split(),
                                       *a.search_override],
                  out / "logs" / f"{run_name}.log", a.threads)
         searched = yaml.safe_load((search_dir / "ratios.yaml").read_text())
         projections[kind] = bool(_last_metric(search_dir, "search/projection_used"))
-        print(f"  searched ({kind}) ratios {searched['ratios']} ({searched['macs'] / 1e6:.2f} MMACs, target "
+        arch = list(searched["ratios"]) + (list(searched["mlp_ratios"]) if a.space == "split+mlp" else [])
+        print(f"  searched ({kind}) ratios {searched['ratios']}"
+              + (f", MLP ratios {searched['mlp_ratios']}" if a.space == "split+mlp" else "")
+              + f" ({searched['macs'] / 1e6:.2f} MMACs, target "
               f"{searched['target_macs'] / 1e6:.2f}; projection used: {projections[kind]})", flush=True)
-        arms[f"searched ({kind})"] = (run_name, list(searched["ratios"]))
+        arms[f"searched ({kind})"] = (run_name, arch)
         search_dirs[kind] = search_dir
     if a.search_only:
         return 0
 
     # 2. arms
-    for i, ratios in enumerate(random_architectures(a.random, seed=1234)):
-        arms[f"random {i + 1}"] = (f"random_{i + 1}", ratios)
-    n_layers = len(next(r for _, r in arms.values() if r is not None))
+    for i, arch in enumerate(random_architectures(a.random, seed=1234, space=a.space)):
+        arms[f"random {i + 1}"] = (f"random_{i + 1}", arch)
+    uniform = uniform_architecture(a.space)
     rows, trained = [], {}
-    for name, (tag, ratios) in arms.items():
-        key = tuple(ratios if ratios is not None else [0.25] * n_layers)
+    for name, (tag, arch) in arms.items():
+        key = tuple(arch if arch is not None else uniform)
         same_as = trained.get(key)
         accs = []
         for seed in seeds:
@@ -307,7 +333,12 @@ def main(argv=None) -> int:
             reused += done
             if not done:
                 print(f"[{name}] seed {seed}: retrain {a.epochs} epochs", flush=True)
-                extra = [] if ratios is None else [f"model.ratios=[{','.join(f'{r:g}' for r in ratios)}]"]
+                extra = []
+                if arch is not None:
+                    ratios, mlp_ratios = model_lists(arch, a.space)
+                    extra = [f"model.ratios=[{','.join(f'{r:g}' for r in ratios)}]"]
+                    if mlp_ratios is not None:
+                        extra.append(f"model.mlp_ratios=[{','.join(f'{r:g}' for r in mlp_ratios)}]")
                 _run("train.py", [*common, *extra, f"seed={seed}", f"run_name={run_name}", f"trainer.max_epochs={a.epochs}",
                                   f"trainer.check_val_every_n_epoch={a.epochs}", "callbacks.best_checkpoint=null",
                                   "ckpt_path=null"], out / "logs" / f"{run_name}.log", a.threads)
@@ -315,17 +346,18 @@ def main(argv=None) -> int:
             accs.append(acc)
             print(f"  {name} seed {seed}: held-out top-1 {acc:.2f} %", flush=True)
         trained.setdefault(key, name)
-        rows.append(dict(arm=name, ratios=list(key), same_as=same_as, acc_mean=statistics.mean(accs),
+        ratios, mlp_ratios = model_lists(list(key), a.space)
+        rows.append(dict(arm=name, arch=list(key), ratios=ratios, mlp_ratios=mlp_ratios, same_as=same_as, acc_mean=statistics.mean(accs),
                          acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0, accs=accs))
 
     # 3. counts and CPU latency of every arm, timed round-robin (one arm after the other, repeatedly)
-    for row, m in zip(rows, measure_archs([r["ratios"] for r in rows], a.threads, a.latency_runs)):
+    for row, m in zip(rows, measure_archs([r["arch"] for r in rows], a.threads, a.latency_runs, space=a.space)):
         row.update(m)
         print(f"  {row['arm']}: top-1 {row['acc_mean']:.2f} +- {row['acc_std']:.2f} % over {len(row['accs'])} seed(s), "
               f"{m['macs'] / 1e6:.2f} MMACs, {m['params'] / 1e6:.3f} M params, CPU latency {m['latency_ms']:.2f} ms "
               f"(batch 1, {a.threads} thread(s), fused)", flush=True)
 
-    proxy = supernet_proxy(search_dirs, {r["arm"]: r["ratios"] for r in rows}, a.holdout, a.threads,
+    proxy = supernet_proxy(search_dirs, {r["arm"]: r["arch"] for r in rows}, a.holdout, a.threads, space=a.space,
                            **(dict(calib_batches=2, score_batches=1) if a.quick else {})) if a.proxy else {}
     minutes = (time.time() - t_start) / 60
     table = render(rows, a, seeds, minutes, projections, proxy, reused)
@@ -338,25 +370,28 @@ def main(argv=None) -> int:
 def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: dict[str, bool],
            proxy: dict[tuple[str, str], float] | None = None, reused: int = 0) -> str:
     best = max(rows, key=lambda r: r["acc_mean"])["arm"]
+    mlp = any(r.get("mlp_ratios") for r in rows)
     lines = [
-        SECTION, "",
+        SECTION if a.space == "split" else SECTION.replace("Search quality", f"Search quality, space {a.space}"), "",
         f"PartialNet-T0 (small-input stem, 32 px), CIFAR-10 training split; scored on a class-stratified "
         f"{a.holdout:.0%} hold-out the search never saw. Every arm: {a.epochs} epochs x {a.batches} batches of "
         f"{a.batch_size}, seeds {seeds}; search: {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at "
-        f"flops_ratio=1.0, warm-up sampling {a.warmup_sampling}; "
+        f"flops_ratio=1.0, search space {a.space}, warm-up sampling {a.warmup_sampling}; "
         + "; ".join(f"{k}: {'projection used' if v else 'argmax in band without projection'}" for k, v in projections.items())
         + f"{' ' + ' '.join(a.search_override) if a.search_override else ''}. "
         f"CPU latency: fused model, batch 1, {a.threads} thread(s), median of calls timed round-robin over the arms. Wall time of this invocation {minutes:.0f} min"
         f"{f' (it reused {reused} finished run(s) in --out)' if reused else ''}"
         f"{' (--quick smoke run: numbers mean nothing)' if a.quick else ''}.", "",
-        "| arm | held-out top-1 (%) | per seed | MMACs | params (M) | CPU latency (ms) | ratios |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | held-out top-1 (%) | per seed | MMACs | params (M) | CPU latency (ms) | ratios |"
+        + (" MLP ratios |" if mlp else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if mlp else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['arm']}{' (best)' if r['arm'] == best else ''} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f} | "
             f"{', '.join(f'{x:.2f}' for x in r['accs'])}{' (= ' + r['same_as'] + ')' if r.get('same_as') else ''} | {r['macs'] / 1e6:.2f} | {r['params'] / 1e6:.3f} | "
-            f"{r['latency_ms']:.2f} | {' '.join(f'{x:g}' for x in r['ratios'])} |")
+            f"{r['latency_ms']:.2f} | {' '.join(f'{x:g}' for x in r['ratios'])} |"
+            + (f" {' '.join(f'{x:g}' for x in r['mlp_ratios'])} |" if mlp else ""))
     if proxy:
         searches = list(dict.fromkeys(k for k, _ in proxy))
         lines += ["", "Diagnostic (skip with --no-proxy): each search's supernet scoring every arm on the hold-out (its weights, "

@@ -42,3 +42,24 @@ def test_random_architectures_are_distinct_and_within_three_percent():
         assert abs(cost.macs_of(choice) / cost.reference_macs - 1) <= 0.03
         assert len(set(ratios)) > 1  # not a uniform model
     assert archs == search_quality.random_architectures(3, seed=5)
+
+
+def test_split_mlp_arms_are_real_models_within_three_percent_of_the_uniform_one():
+    """--space split+mlp: each random arm, built as train.py builds it (ratios + mlp_ratios), has
+    MACs within +-3 % of the uniform arm's, which is the default r=1/4 model itself."""
+    from partialnet.measure import count
+    from partialnet.models.registry import create_model
+
+    def macs(arch):
+        ratios, mlp = search_quality.model_lists(arch, "split+mlp")
+        return count(create_model("partialnet_t0", num_classes=10, small_input=True, ratios=ratios,
+                                  mlp_ratios=mlp), 32)["macs"]
+
+    uniform = search_quality.uniform_architecture("split+mlp")
+    default = count(create_model("partialnet_t0", num_classes=10, small_input=True), 32)["macs"]
+    assert macs(uniform) == default
+    archs = search_quality.random_architectures(2, seed=3, space="split+mlp")
+    for arch in archs:
+        ratios, mlp = search_quality.model_lists(arch, "split+mlp")
+        assert len(ratios) == len(mlp) == 13 and len(set(mlp)) > 1  # the MLP widths vary too
+        assert abs(macs(arch) / default - 1) <= 0.03

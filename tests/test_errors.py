@@ -67,6 +67,8 @@ CASES = {
     "unknown experiment": (["experiment=partialnet_xl"],
                            ["Could not find 'experiment/partialnet_xl'; available:", "partialnet_t0", "fasternet_t0"]),
     "unknown config key": (["trainer.max_epochz=3"], ["Could not override 'trainer.max_epochz'"]),
+    "mlp_ratios of the wrong length": (["model.mlp_ratios=[2,2]"],
+                                       ["the mlp_ratios list has 2 mlp_ratios but partialnet_t0 has 13 searchable layers"]),
     "unknown model option": (["+model.drop_path=0.1"], ["model.drop_path is not a model option",
                                                          "model.kwargs.drop_path=..."]),
     "unknown constructor argument": (["+model.kwargs.drop_path=0.1"], ["model 'partialnet_t0' does not take 'drop_path'",

@@ -182,3 +182,15 @@ def test_search_loop_reaches_a_far_target_with_mlp_rows(tmp_path):
     assert len(info["mlp_ratios"]) == len(info["ratios"]) and set(info["mlp_ratios"]) <= set(fine)
     rebuilt = partialnet.create_model(NAME, ratios=str(out / "ratios.yaml"), **KW)
     assert count(rebuilt, 32)["macs"] == info["macs"]
+
+
+def test_model_mlp_ratios_from_the_command_line():
+    """``model.mlp_ratios=[...]`` (what a random or hand-made architecture is retrained with) reaches
+    the constructor: each block's hidden width is int(C * e)."""
+    from partialnet.training.builders import build_model, model_kwargs_from_cfg
+
+    mlp = [1, 1.5, 2, 2.5, 1, 1.5, 2, 2.5, 1, 1.5, 2, 2.5, 1]
+    cfg = _compose(["model=partialnet_t0", f"model.mlp_ratios=[{','.join(map(str, mlp))}]", "model.small_input=true"])
+    model = build_model(NAME, model_kwargs_from_cfg(cfg.model, 10, 32))
+    blocks = [b for stage in model.stages for b in stage.blocks]
+    assert [b.mlp.fc1.out_channels for b in blocks] == [int(b.mlp.fc1.in_channels * e) for b, e in zip(blocks, mlp)]

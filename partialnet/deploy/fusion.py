@@ -34,8 +34,9 @@ What is folded or merged, with BN in eval form ``bn(z) = s*z + t``
   PAT_sp spatial gate, PAT_sf's LayerNorm normalisation and softmax, the head.
 * PConv: the layer's in-place ``'slicing'`` form (clone first, so the shortcut is intact).
 
-The fused model runs channels_last on CPU (oneDNN's fast path for 1x1 convs; ``channels_last``
-argument) and, with ``forward_type='slicing'`` (default), writes into its own intermediate
+The fused model runs channels_last on CPU (``channels_last`` argument; its 1x1 convs are
+:class:`~partialnet.deploy.pointwise_conv.PointwiseConv2d`, one GEMM on the channels_last
+token view at inference) and, with ``forward_type='slicing'`` (default), writes into its own intermediate
 tensors in place. :func:`set_forward_type` switches every fused module to the out-of-place
 ``'split_cat'`` form, which is what ONNX export uses (in-place slice writes blew up
 FasterNet's ONNX graphs, FasterNet issue #16). Both forms give the same outputs and run on any
@@ -50,6 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from partialnet.deploy.pointwise_conv import PointwiseConv2d, is_pointwise
 from partialnet.errors import UserError
 from partialnet.models.backbone import Mlp, PartialBlock, PartialChannelNet
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PATSpatial, euclidean_bucket_index
@@ -102,6 +104,14 @@ def _bias64(module: nn.Conv2d | nn.Linear, out: int) -> torch.Tensor:
 def _new_conv(like: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
     """A Conv2d with ``like``'s geometry and the given (float64) weight / bias."""
     out_chs, in_per_group = weight.shape[:2]
+    if is_pointwise(like):
+        conv = torch.nn.utils.skip_init(PointwiseConv2d, in_per_group, out_chs, bias=bias is not None,
+                                        device=like.weight.device, dtype=like.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            if bias is not None:
+                conv.bias.copy_(bias)
+        return conv
     conv = torch.nn.utils.skip_init(  # no random init: every value is overwritten below
         nn.Conv2d,
         in_per_group * like.groups,
@@ -238,10 +248,10 @@ class FusedPATSelf(nn.Module):
         self.ln_eps = float(ln_eps)
         c_u = self.dim_untouched
         self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
-        # 1x1 convs on (B, C, H, W) maps rather than Linear on tokens: oneDNN's channels_last
-        # 1x1 conv is the faster GEMM on CPU here, and the token layout is the same memory.
-        self.qkv = nn.Conv2d(c_u, 3 * c_u, 1)
-        self.proj = nn.Conv2d(c_u, c_u, 1)
+        # 1x1 convs on (B, C, H, W) maps (exported as Conv nodes); on CPU at inference they run as
+        # one GEMM on the channels_last token view (PointwiseConv2d).
+        self.qkv = PointwiseConv2d(c_u, 3 * c_u)
+        self.proj = PointwiseConv2d(c_u, c_u)
         self.rpe_table = nn.Parameter(torch.zeros(self.num_heads, self.num_buckets))
         self.forward_type = "slicing"  # no in-place form here; kept for a uniform interface
         self._bias_cache: dict[tuple, torch.Tensor] = {}
@@ -512,6 +522,9 @@ def fuse(model: nn.Module, channels_last: bool = True, forward_type: str = "slic
             memo[id(ds)] = _fold_conv_bn(ds.conv, ds.norm)
         for block in stage.blocks:
             memo[id(block)] = _fuse_block(block, forward_type)
+    head = getattr(model, "conv_head", None)
+    if isinstance(head, nn.Conv2d) and is_pointwise(head):
+        memo[id(head)] = _new_conv(head, _weight64(head), None if head.bias is None else _bias64(head, head.out_channels))
     fused = copy.deepcopy(model, memo)
     return fused.eval()
 
