@@ -21,14 +21,18 @@ def test_gemm_path_equals_the_conv_and_is_taken():
     pw = PointwiseConv2d(24, 40).eval()
     ref = nn.Conv2d(24, 40, 1).eval()
     ref.load_state_dict(pw.state_dict())  # same keys and shapes as a Conv2d
-    x = torch.randn(2, 24, 7, 5).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 24, 7, 5).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         out, want = pw(x), ref(x)
         ops = _ops(lambda: pw(x))
     assert torch.allclose(out, want, atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert "aten::linear" in ops and "aten::convolution" not in ops
-    # autograd and NCHW input take the Conv2d forward
+    # batches, autograd and NCHW input take the Conv2d forward
+    batch = torch.randn(2, 24, 7, 5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(pw(batch), ref(batch), atol=1e-5)
+        assert "aten::convolution" in _ops(lambda: pw(batch))
     assert "aten::convolution" in _ops(lambda: pw(x.contiguous()))
     assert "aten::convolution" in _ops(lambda: pw(x.requires_grad_()))
 

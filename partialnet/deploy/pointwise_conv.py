@@ -2,9 +2,10 @@
 
 For a channels_last (B, C, H, W) map, ``permute(0, 2, 3, 1)`` is the contiguous (B, H, W, C)
 token matrix, so a 1x1, stride-1, ungrouped conv is exactly ``F.linear`` on that view, with no
-copy. On CPU at small batches PyTorch sends such a conv to its native path, or to oneDNN only
-above a size heuristic; the BLAS GEMM behind ``F.linear`` is the faster kernel there when more
-than one thread runs (``bench/runtimes.py`` measures the fused models). Everything else (autograd,
+copy. At batch 1 on CPU the BLAS GEMM behind ``F.linear`` beats PyTorch's conv kernels for
+these shapes (measured at 2 threads: 1.15-1.24x per layer on PartialNet-T0's stages); from a
+few images on, the conv's own kernel is as fast or faster (0.85-1.0x), so only batch-1 input
+takes the GEMM (``bench/runtimes.py`` measures the fused models). Everything else (autograd,
 CUDA, NCHW input, tracing for ONNX export, ``torch.compile``) takes ``nn.Conv2d``'s own forward,
 so exported graphs keep a Conv node and the state dict is a Conv2d's.
 """
@@ -25,13 +26,13 @@ def is_pointwise(conv: nn.Conv2d) -> bool:
 
 
 class PointwiseConv2d(nn.Conv2d):
-    """``nn.Conv2d(in, out, 1)`` whose no-grad CPU forward on channels_last input is ``F.linear``."""
+    """``nn.Conv2d(in, out, 1)`` whose no-grad CPU forward on one channels_last image is ``F.linear``."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 4 and x.device.type == "cpu" and not torch.is_grad_enabled()
+        if (x.dim() == 4 and x.shape[0] == 1 and x.device.type == "cpu" and not torch.is_grad_enabled()
                 and x.is_contiguous(memory_format=torch.channels_last)
                 and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
                          or torch.compiler.is_compiling())):
