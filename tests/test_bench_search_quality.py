@@ -63,3 +63,26 @@ def test_split_mlp_arms_are_real_models_within_three_percent_of_the_uniform_one(
         ratios, mlp = search_quality.model_lists(arch, "split+mlp")
         assert len(ratios) == len(mlp) == 13 and len(set(mlp)) > 1  # the MLP widths vary too
         assert abs(macs(arch) / default - 1) <= 0.03
+
+
+def test_mlp_wrapper_adds_its_default_searches_only_when_none_is_given(monkeypatch):
+    """bench/search_quality_mlp.py: split+mlp space always; its two default searches unless the
+    user names searches with --search (then only theirs); other arguments pass through."""
+    import search_quality_mlp
+
+    seen = []
+    monkeypatch.setattr(search_quality, "main", lambda argv: seen.append(argv) or 0)
+
+    search_quality_mlp.main(["--quick"])
+    searches = [seen[-1][i + 1] for i, a in enumerate(seen[-1]) if a == "--search"]
+    assert seen[-1][:2] == ["--space", "split+mlp"] and seen[-1][-1] == "--quick"
+    assert searches == list(search_quality_mlp.SEARCHES) and len(searches) == 2
+
+    search_quality_mlp.main(["--search", "mine=search.arch_lr=0.05", "--search-only"])
+    assert seen[-1] == ["--space", "split+mlp", "--search", "mine=search.arch_lr=0.05", "--search-only"]
+
+    search_quality_mlp.main(["--search=mine=search.tau_start=1"])
+    assert seen[-1] == ["--space", "split+mlp", "--search=mine=search.tau_start=1"]
+
+    search_quality_mlp.main(["--search-only"])  # not a --search: the defaults still come
+    assert seen[-1].count("--search") == 2
