@@ -2,8 +2,9 @@
 
 - ``run_task`` / ``hydra_task``: compose a CLI's config with Hydra's compose API and call its
   task function in this process, as ``@hydra.main`` would (happy paths: fast, debuggable).
-- ``run_cli``: run a CLI in a subprocess, as a user would. Only for what needs a process: the
-  exit code, stderr, Hydra's own launcher (multirun), signals, several ranks.
+- ``run_cli``: run a script CLI as a user would (in this process unless a real process is asked
+  for: signals, several ranks, another environment); ``run_module``: ``python -m MODULE`` in this
+  process.
 """
 from __future__ import annotations
 
@@ -144,15 +145,9 @@ def run_cli(script: str, args: list[str], cwd: Path | None = None, env: dict | N
 
 def run_entry_point(script: str, args: list[str]) -> subprocess.CompletedProcess:
     """``python <script> <args>`` in this process: the script's ``main`` (its ``@hydra.main``)
-    through ``partialnet.utils.cli.run_cli`` with ``sys.argv`` set, stdout/stderr captured, the
-    exit code taken from ``SystemExit`` (an escaping exception prints its traceback to the
-    captured stderr and gives 1, as the interpreter would). Environment, argv and Hydra's
-    global state are restored afterwards."""
+    through ``partialnet.utils.cli.run_cli`` (see :func:`_in_process` for what is captured and
+    restored)."""
     import importlib.util
-    import traceback
-
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
 
     from partialnet.utils.cli import run_cli as cli_main
 
@@ -161,6 +156,34 @@ def run_entry_point(script: str, args: list[str]) -> subprocess.CompletedProcess
     spec.loader.exec_module(module)
     # Hydra finds config_path next to the script only for a task function of ``__main__``.
     module.main.__wrapped__.__module__ = "__main__"
+    return _in_process([str(REPO / script), *args], lambda: cli_main(module.main))
+
+
+def run_module(module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in this process (``runpy`` with ``run_name="__main__"``), as
+    :func:`_in_process` runs it. For a module CLI's error cases and second happy path; keep one real
+    subprocess per CLI for the interpreter's own exit code."""
+    import runpy
+    import warnings
+
+    def call():
+        with warnings.catch_warnings():  # runpy warns when the package already imported the module
+            warnings.simplefilter("ignore", RuntimeWarning)
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+    return _in_process([module, *args], call)
+
+
+def _in_process(argv: list[str], call) -> subprocess.CompletedProcess:
+    """Run ``call()`` as a process would run it: ``sys.argv`` set, stdout/stderr captured, the exit
+    code taken from ``SystemExit`` (an escaping exception prints its traceback to the captured
+    stderr and gives 1, as the interpreter would). Environment, argv, the root logger and Hydra's
+    global state are restored afterwards."""
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
     out, err = io.StringIO(), io.StringIO()
     saved_argv, saved_env = sys.argv, dict(os.environ)
     # Hydra configures logging with dictConfig, which closes every existing handler (pytest's own
@@ -170,12 +193,12 @@ def run_entry_point(script: str, args: list[str]) -> subprocess.CompletedProcess
     del logging._handlerList[:]
     code = 0
     try:
-        sys.argv = [str(REPO / script), *args]
+        sys.argv = list(argv)
         os.environ.pop("PARTIALNET_RUN_NAME", None)
         os.environ["WANDB_SILENT"] = "true"
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                cli_main(module.main)
+                call()
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
             except BaseException:  # noqa: BLE001 - what the interpreter would print
@@ -193,7 +216,7 @@ def run_entry_point(script: str, args: list[str]) -> subprocess.CompletedProcess
         os.environ.update(saved_env)
         HydraConfig.instance().cfg = None
         GlobalHydra.instance().clear()
-    return subprocess.CompletedProcess([sys.executable, script, *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess([sys.executable, *argv], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(autouse=True, scope="session")

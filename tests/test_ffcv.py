@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -22,10 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_cli, run_module
 from partialnet.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 N_CLASSES, PER_CLASS = 4, 10
 BATCH = 8
 CLASS_COLOURS = ((200, 40, 40), (40, 180, 60), (50, 70, 210), (210, 200, 60))
@@ -138,9 +136,7 @@ def test_refuses_overwrite_and_force(ffcv_mod, img_dir, tmp_path):
     out = tmp_path / "small.beton"
     assert main(["write", "--src", str(img_dir), "--out", str(out), "--limit", "6", "--workers", "1", "--quiet"]) == 0
     before = out.read_bytes()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "partialnet.data.ffcv", "write", "--src", str(img_dir), "--out", str(out)],
-                       capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    r = run_module("partialnet.data.ffcv", ["write", "--src", str(img_dir), "--out", str(out)])
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--force" in lines[0] and "Traceback" not in r.stderr, r.stderr

@@ -50,6 +50,7 @@ def test_mid_epoch_stop_and_resume_is_exact(tmp_path, exit_step):
         assert torch.equal(wa[k], wb[k]), f"{k} differs after a mid-epoch resume"
 
 
+@pytest.mark.slow  # a real SIGKILL (two processes); the fast tier has the deterministic mid-epoch death above
 def test_kill_9_then_relaunch_resumes(tmp_path):
     """A real SIGKILL at whatever step the run reached: relaunching finishes the run."""
     common = _common(tmp_path) + ["run_name=k9", "trainer.max_epochs=3"]

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 
 import torch
 
 import partialnet
-from conftest import REPO, assert_user_error
+from conftest import assert_user_error, run_module
 from partialnet.measure import count
 from partialnet.search.pareto import collect, main, pareto_front
 
@@ -46,6 +43,5 @@ def test_collects_counts_and_marks_the_front(tmp_path):
 
 
 def test_no_checkpoints_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "partialnet.search.pareto", str(tmp_path)], capture_output=True,
-                          text=True, cwd=str(REPO), env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = run_module("partialnet.search.pareto", [str(tmp_path)])
     assert_user_error(proc, "no checkpoints/last.ckpt", str(tmp_path))
