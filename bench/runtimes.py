@@ -105,7 +105,7 @@ def openvino_kinds(name: str, size: int, threads: int, iters: int = 10) -> dict[
 
     fused = fuse(partialnet.create_model(name).eval())
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(fused, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=True, fuse=True)
+        path = export_onnx(fused, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=False, fuse=True)
         core = ov.Core()
         compiled = core.compile_model(core.read_model(str(path)), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})

@@ -33,6 +33,27 @@ def test_runtime_reproduces_the_model(model, runtime):
     assert runner(x[:1]).shape == (1, 10)  # any batch size
 
 
+def test_each_batch_size_gets_its_own_checked_static_graph(model):
+    import onnx
+
+    runner = make_runner("onnxruntime", fuse(model), 32)
+    runner.prepare(1)
+    runner(torch.randn(3, 3, 32, 32))
+    assert sorted(runner.graphs) == [1, 3]
+    seen = []
+    build = runner.compile_graph
+
+    def off_by_a_bit(path):  # a graph that computes something else must not be timed
+        seen.append([d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim])
+        graph = build(path)
+        return lambda x: graph(x) + 1e-2
+
+    runner.compile_graph = off_by_a_bit
+    with pytest.raises(UserError, match="batch-2 graph differs from the fused model"):
+        runner(torch.randn(2, 3, 32, 32))
+    assert seen == [[2, 3, 32, 32]] and 2 not in runner.graphs  # a fixed batch, not a dynamic axis
+
+
 @pytest.mark.slow
 def test_compile_runtime_reproduces_the_model(model):
     runner = make_runner("compile", fuse(model), 32)

@@ -98,13 +98,16 @@ def time_runner(
 ) -> SpeedResult:
     """Time ``runs`` calls of ``runner(x)`` (any inference callable, e.g. from
     :func:`partialnet.measure.runtimes.make_runner`) after ``warmup`` calls, and at least
-    ``min_seconds`` in all; ``runtime`` names what ran it in the result."""
+    ``min_seconds`` in all; ``runtime`` names what ran it in the result. A runner with a
+    ``prepare(batch_size)`` method (one graph per batch size) builds that graph before any timing."""
     device = torch.device(device)
     x = torch.randn(batch_size, 3, input_size, input_size, device=device, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: list[float] = []
+    if callable(getattr(runner, "prepare", None)):
+        runner.prepare(batch_size)
     for _ in range(max(0, warmup)):
         runner(x)
     sync()
