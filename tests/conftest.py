@@ -169,7 +169,9 @@ def run_module(module: str, args: list[str]) -> subprocess.CompletedProcess:
     def call():
         with warnings.catch_warnings():  # runpy warns when the package already imported the module
             warnings.simplefilter("ignore", RuntimeWarning)
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            # alter_sys=False: sys.modules["__main__"] stays the test worker's own (pytest-xdist's
+            # worker runs there); the module still runs with __name__ == "__main__" and our sys.argv.
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
 
     return _in_process([module, *args], call)
 
@@ -196,7 +198,7 @@ def _in_process(argv: list[str], call) -> subprocess.CompletedProcess:
         sys.argv = list(argv)
         os.environ.pop("PARTIALNET_RUN_NAME", None)
         os.environ["WANDB_SILENT"] = "true"
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _process_warnings(err):
             try:
                 call()
             except SystemExit as e:
@@ -212,11 +214,39 @@ def _in_process(argv: list[str], call) -> subprocess.CompletedProcess:
         root.setLevel(saved_level)
         logging._handlerList[:] = saved_list
         sys.argv = saved_argv
-        os.environ.clear()
-        os.environ.update(saved_env)
+        _restore_environ(saved_env)
         HydraConfig.instance().cfg = None
         GlobalHydra.instance().clear()
     return subprocess.CompletedProcess([sys.executable, *argv], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _process_warnings(err: io.StringIO) -> Iterator[None]:
+    """Warnings as a fresh interpreter shows them: its default filters (each warning once per
+    place; deprecation, import and resource warnings hidden), written to ``err``. Without this,
+    pytest records them instead, and whether a warning reaches stderr would depend on which
+    earlier test configured the warnings module (e.g. routed it to logging)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        yield
+
+
+def _restore_environ(saved: dict) -> None:
+    """Put ``os.environ`` back to ``saved``, touching only the variables that changed (clearing
+    and refilling it would call setenv for every variable while native threads of the test
+    process may be reading the environment)."""
+    for key in [k for k in os.environ if k not in saved]:
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -44,6 +45,7 @@ def test_random_architectures_are_distinct_and_within_three_percent():
     assert archs == search_quality.random_architectures(3, seed=5)
 
 
+@pytest.mark.slow  # the split space's arms are checked in the fast tier by the test above
 def test_split_mlp_arms_are_real_models_within_three_percent_of_the_uniform_one():
     """--space split+mlp: each random arm, built as train.py builds it (ratios + mlp_ratios), has
     MACs within +-3 % of the uniform arm's, which is the default r=1/4 model itself."""

@@ -306,7 +306,8 @@ def test_in_process_errors_are_user_errors(tmp_path):
 # ------------------------------------------------------------------ the same, as a real process
 @pytest.mark.parametrize("script, args, needle", [
     ("train.py", ["model=partialnet_t9"], "Could not find 'model/partialnet_t9'; available:"),
-    ("train.py", ["optim.base_lr=0"], "optim.base_lr=0.0 must be > 0"),
+    pytest.param("train.py", ["optim.base_lr=0"], "optim.base_lr=0.0 must be > 0",
+                 marks=pytest.mark.slow),  # fast tier: train.py's real process above, this error in-process
     ("eval.py", ["ckpt=/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
     ("search_dpconv.py", ["search.loss=cubic"], "search.loss='cubic' is unknown"),
 ])

@@ -48,6 +48,7 @@ def test_tensorboard_logger_writes_events(tmp_path):
     assert (tmp_path / "metrics.csv").is_file()
 
 
+@pytest.mark.slow  # multirun is in the fast tier through test_cli.py; W&B offline runs through the test above
 def test_multirun_gives_one_wandb_run_per_job(tmp_path):
     args = ["-m"] + [a for a in FAST_TRAIN if not a.startswith("logger=")] + [
         "logger=default", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
