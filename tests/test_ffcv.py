@@ -148,8 +148,8 @@ print(json.dumps({"first": first, "refused": refused, "stderr": err.getvalue(), 
 
 @requires_ffcv
 def test_refuses_overwrite_and_force(ffcv_mod, img_dir, tmp_path):
-    """In one fresh process: forking the writer from a pytest-xdist worker that many earlier tests
-    had used crashed that worker (seen in full runs only)."""
+    """All three writes in one fresh process: the writer forks its workers, and a full run once
+    crashed its xdist worker here (while the deploy CLI also ran inside the test workers)."""
     out = tmp_path / "small.beton"
     proc = subprocess.run([sys.executable, "-c", _OVERWRITE_SCRIPT, str(img_dir), str(out)], capture_output=True,
                           text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
