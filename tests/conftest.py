@@ -161,8 +161,9 @@ def run_entry_point(script: str, args: list[str]) -> subprocess.CompletedProcess
 
 def run_module(module: str, args: list[str]) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` in this process (``runpy`` with ``run_name="__main__"``), as
-    :func:`_in_process` runs it. For a module CLI's error cases and second happy path; keep one real
-    subprocess per CLI for the interpreter's own exit code."""
+    :func:`_in_process` runs it. For a module CLI's error cases; where the module's own exit path
+    is not the shared ``partialnet.utils.cli.run_cli`` (tested as a real process through the
+    scripts), keep one real subprocess for the interpreter's exit code."""
     import runpy
     import warnings
 
