@@ -152,3 +152,54 @@ class SaveLogits(pl.Callback):
 
     def on_train_end(self, trainer, module):
         torch.save(module.arch_logits.detach().cpu(), Path(trainer.default_root_dir) / f"logits_rank{trainer.global_rank}.pt")
+
+
+class ForwardArchitectures(pl.Callback):
+    """Pins the logits on each row's first valid candidate (+30: every Gumbel sample picks it) and
+    records the architecture of every training forward of the search epochs, in order."""
+
+    def on_train_start(self, trainer, module):
+        with torch.no_grad():
+            first = module.arch_valid.float().argmax(dim=-1)
+            module.arch_logits.zero_().scatter_(1, first[:, None], 30.0)
+        module.arch_lr = 1e-12
+        for group in module.optimizers()[1].optimizer.param_groups:
+            group["lr"] = 1e-12  # the logits stay pinned
+        SEEN["pinned"] = first.tolist()
+        SEEN["forwards"] = []
+        module.model.register_forward_pre_hook(
+            lambda *_: SEEN["forwards"].append([m.arch_index for m in module._masked]) if module.is_searching() and module.training else None)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", pytest.param("gumbel", marks=pytest.mark.slow)])
+def test_weight_sampling_uniform_trains_the_weights_on_uniform_paths(tmp_path, sampling):
+    """Logits pinned on one architecture: the logits' forward (the first of each bilevel step) always
+    runs it; with search.weight_sampling=uniform the weights' forward (the second) runs other
+    candidates too, with gumbel it runs the pinned one as well."""
+    from partialnet.search.search_task import search
+
+    SEEN.clear()
+    args = [a for a in TINY if "probe" not in a] + [
+        f"search.weight_sampling={sampling}", "+callbacks.probe._target_=test_search_bilevel.ForwardArchitectures",
+        f"paths.output_dir={tmp_path / 'out'}", f"paths.log_dir={tmp_path}", "trainer.limit_train_batches=3"]
+    search(_compose(args))
+    forwards, pinned = SEEN["forwards"], SEEN["pinned"]
+    assert len(forwards) == 6  # 3 search steps x (logits' forward, weights' forward)
+    assert all(f == pinned for f in forwards[0::2])
+    off_pin = sum(a != b for f in forwards[1::2] for a, b in zip(f, pinned))
+    if sampling == "uniform":
+        assert off_pin >= len(pinned)  # 3 uniform draws over >= 2 candidates per row: ~half of them elsewhere
+    else:
+        assert off_pin == 0
+
+
+def test_weight_sampling_uniform_needs_a_bilevel_search():
+    from partialnet.search.search_task import _check_search_cfg
+
+    s = dict(_compose([]).search)
+    s.update(weight_sampling="uniform", arch_split=0.0)
+    with pytest.raises(UserError, match="weight_sampling=uniform needs a bilevel search"):
+        _check_search_cfg(s, 3)
+    s.update(weight_sampling="often")
+    with pytest.raises(UserError, match="search.weight_sampling='often'; use gumbel or uniform"):
+        _check_search_cfg(s, 3)

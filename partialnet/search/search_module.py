@@ -14,7 +14,9 @@
   (r = 1/4, or the layer's middle candidate), or on uniformly sampled candidates
   (``search.warmup_sampling=uniform``).
 - Search epochs sample a Gumbel-Softmax architecture per batch (hard straight-through by
-  default) at the temperature ``temperature_at(progress)``, a pure function of the step.
+  default) at the temperature ``temperature_at(progress)``, a pure function of the step. In a
+  bilevel search, ``search.weight_sampling=uniform`` trains the weights on uniformly sampled
+  architectures instead (the logits still step on Gumbel samples of their own batches).
 - The exported architecture is the argmax, so the argmax has to meet the budget: with
   ``search.argmax_constraint`` the loss moves from E[F] to the argmax's cost over the search
   (straight-through: the argmax's exact MACs as the value, E[F]'s gradient), and that term's
@@ -76,6 +78,7 @@ class SearchModule(ClassificationModule):
         self.candidates = list(specs[0].candidates)
         self.warmup_epochs = int(s.get("warmup_epochs", 0))
         self.warmup_sampling = str(s.get("warmup_sampling", "fixed"))
+        self.weight_sampling = str(s.get("weight_sampling", "gumbel"))
         self.hard = bool(s.get("hard", True))
         self.loss_kind = str(s.get("loss", "squared"))
         self.loss_weight = float(s.get("lambda", 20.0))
@@ -156,15 +159,17 @@ class SearchModule(ClassificationModule):
         n = self.arch_valid.sum(dim=-1).clamp_min(2).to(p.dtype)
         return (h / torch.log(n)).mean()
 
-    def _sample(self, tau: float) -> tuple[torch.Tensor, list[int] | None]:
-        if self.is_searching():
+    def _sample(self, tau: float, uniform: bool = False) -> tuple[torch.Tensor, list[int] | None]:
+        """The architecture of one forward: a Gumbel-Softmax sample of the logits while searching,
+        else (warm-up, or ``uniform``) the warm-up rule: every candidate equally likely, or fixed."""
+        if self.is_searching() and not uniform:
             w = gumbel_softmax(masked_logits(self.arch_logits, self.arch_valid), tau, hard=self.hard)
-        elif self.warmup_sampling == "uniform":
+        elif self.warmup_sampling == "uniform" or uniform:
             zeros = torch.zeros_like(self.arch_logits)
             w = gumbel_softmax(masked_logits(zeros, self.arch_valid), 1.0, hard=True).detach()
         else:
             return onehot_weights(self.specs, self.reference_choice, self.arch_logits.device), list(self.reference_choice)
-        indices = w.detach().argmax(dim=-1).tolist() if (self.hard or not self.is_searching()) else None
+        indices = w.detach().argmax(dim=-1).tolist() if (self.hard or uniform or not self.is_searching()) else None
         return w, indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,7 +229,9 @@ class SearchModule(ClassificationModule):
         arch_grad = ce_a = None
         if bilevel and searching:  # the logits' step first, on data the weights never see (first-order)
             arch_grad, ce_a, constraint = self._arch_gradient(batch[2:], tau)
-        weights, indices = self._sample(tau)
+        # Bilevel with weight_sampling=uniform: the weights train on uniformly sampled paths all along,
+        # so the shared weights stay fair to every candidate, not only to those the logits favour.
+        weights, indices = self._sample(tau, uniform=bilevel and self.weight_sampling == "uniform")
         if bilevel:
             weights = weights.detach()  # the weights' batch gives the logits nothing
         with arch_choice(self._masked, weights, indices):

@@ -41,7 +41,7 @@ _SEARCH_KEYS = {
     "hard", "tau_start", "tau_end", "tau_schedule", "warmup_epochs", "warmup_sampling", "arch_lr", "arch_betas",
     "num_heads", "entropy_weight", "argmax_constraint", "arch_optimizer", "space", "mlp_candidates",
     "constraint", "params_target", "params_ratio", "latency_target_ms", "latency_ratio", "latency_table",
-    "latency_batch_size", "latency_threads", "latency_device", "arch_split", "argmax_ramp",
+    "latency_batch_size", "latency_threads", "latency_device", "arch_split", "argmax_ramp", "weight_sampling",
 }
 
 
@@ -67,6 +67,11 @@ def _check_search_cfg(s: dict, max_epochs: int) -> None:
     temperature_at(0.0, float(s["tau_start"]), float(s["tau_end"]), s["tau_schedule"])  # validates the values
     if s.get("warmup_sampling") not in ("fixed", "uniform"):
         raise UserError(f"search.warmup_sampling={s.get('warmup_sampling')!r}; use fixed or uniform")
+    if s.get("weight_sampling", "gumbel") not in ("gumbel", "uniform"):
+        raise UserError(f"search.weight_sampling={s.get('weight_sampling')!r}; use gumbel or uniform")
+    if s.get("weight_sampling", "gumbel") == "uniform" and not (s.get("arch_split") or 0):
+        raise UserError("search.weight_sampling=uniform needs a bilevel search (the logits' own batches): "
+                        "set search.arch_split, e.g. 0.2, or use search.weight_sampling=gumbel")
     if not float(s.get("lambda", 0)) >= 0:
         raise UserError(f"search.lambda={s.get('lambda')} must be >= 0")
     if s.get("arch_optimizer", "adam") not in ("adam", "sgd"):
