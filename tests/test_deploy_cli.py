@@ -58,8 +58,18 @@ def test_checkpoint_to_fused_onnx(tmp_path, checkpoint, weights):
 
 
 def test_deploy_cli_errors(tmp_path, checkpoint):
+    """A missing checkpoint as a real process (exit 2, one line); the argument errors through the
+    CLI's own parser, which runs before anything is loaded or written."""
+    from partialnet.deploy.__main__ import _parse
+    from partialnet.errors import UserError
+
     path, _, _ = checkpoint
     assert_user_error(_deploy(f"ckpt={tmp_path}/none.ckpt", f"onnx={tmp_path}/a.onnx"), "none.ckpt")
-    assert_user_error(_deploy(f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "weigths=ema"), "weigths=ema")
-    assert_user_error(_deploy(f"ckpt={path}"), "onnx=")
+    for args, needle in (([f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "weigths=ema"], "unknown argument 'weigths=ema'"),
+                         ([f"ckpt={path}"], "onnx= is required"),
+                         ([f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "opset=x"], "opset='x' is not a number"),
+                         ([f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "fuse=maybe"], "fuse='maybe'; use true or false")):
+        with pytest.raises(UserError) as e:
+            _parse(args)
+        assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert not list(tmp_path.glob("*.onnx"))

@@ -122,6 +122,7 @@ def test_empty_class_folder(tmp_path):
               [f"class folder {root}/train/bird has no image files ("], inputs=root, out=tmp_path / "o")
 
 
+@pytest.mark.slow  # a real process; the fast tier has the same error in-process (test_ffcv.py, FFCV import blocked)
 def test_ffcv_not_installed(tmp_path):
     """FFCV hidden by a package of the same name first on PYTHONPATH that fails to import, as a
     missing install does."""

@@ -159,3 +159,26 @@ def test_search_moves_the_expected_cost_and_exports_the_argmax_in_band(tmp_path,
     last = [v for v in PROBE["val"] if v["epoch"] == 4]
     ratios = [candidates[int(v["weights"].argmax())] for v in sorted(last, key=lambda v: v["layer"])]
     assert ratios == info["ratios"]
+
+
+def test_per_candidate_values_are_computed_only_on_the_steps_the_loggers_write(tmp_path, monkeypatch):
+    """trainer.log_every_n_steps=2: the per-candidate arch/* values (about 2 per candidate, each a
+    self.log call) are computed on the steps the loggers write and skipped on the others, and the
+    written steps still carry them."""
+    from partialnet.search.search_module import SearchModule
+    from partialnet.search.search_task import search
+
+    calls = []
+    real = SearchModule._log_arch
+    monkeypatch.setattr(SearchModule, "_log_arch",
+                        lambda self, on_step, batch_size=None: (calls.append((on_step, self.global_step)),
+                                                                real(self, on_step, batch_size))[1])
+    args = [a for a in SMALL_SEARCH if "probe" not in a and "log_every_n_steps" not in a] + [
+        "trainer.log_every_n_steps=2", "trainer.max_epochs=2", "data.train_size=64", "data.batch_size=16",
+        "trainer.limit_val_batches=1", f"paths.output_dir={tmp_path / 'out'}", f"paths.log_dir={tmp_path}"]
+    search(_compose(args))
+    on_step = [step for flag, step in calls if flag]
+    assert on_step == [2, 4, 6, 8]  # 8 batches (2 epochs of 4), every 2nd; the step counter after its update
+    rows = [r for r in csv.DictReader(open(tmp_path / "out" / "metrics.csv")) if r.get("search/tau")]  # step rows
+    assert [int(r["step"]) + 1 for r in rows] == on_step  # the written steps are the computed ones
+    assert all(r["arch/l00_p0.25"] and r["arch/l12_ratio"] for r in rows)

@@ -286,8 +286,15 @@ class SearchModule(ClassificationModule):
         self.log("search/entropy", entropy.float(), on_step=True, on_epoch=True, batch_size=bs)
         self.log("search/lambda_scale", float(self.lambda_scale), on_step=True, on_epoch=False, batch_size=bs)
         self.log("search/active", float(searching), on_step=True, on_epoch=False, batch_size=bs)
-        self._log_arch(on_step=True, batch_size=bs)
+        if self._loggers_write_this_step():  # ~2 values per candidate: only when they are written
+            self._log_arch(on_step=True, batch_size=bs)
         return loss
+
+    def _loggers_write_this_step(self) -> bool:
+        """Whether the loggers write this training step's values (``trainer.log_every_n_steps``):
+        Lightning keeps only those, so the per-candidate values are not computed for the others."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
 
     def _log_arch(self, on_step: bool, batch_size: int | None = None) -> None:
         """Per-layer probabilities and argmax ratio, argmax GMACs (logged at the loggers' cadence)."""
