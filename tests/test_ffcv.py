@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -77,141 +78,13 @@ def img_dir(tmp_path_factory, jpegs):
     return root
 
 
-def fresh_python(script: str, *args, timeout: int = 180) -> dict:
-    """Run ``script`` in a fresh interpreter and return the JSON object on its last output line.
-
-    Every .beton write of this module runs this way: FFCV's writer forks its worker processes, and
-    forking the long-lived test worker (which by then holds the threads and state of every test
-    it ran before) crashed that worker silently in full runs, at different tests in different runs.
-    """
-    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
-                                   OMP_NUM_THREADS="1"), timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-_WRITES_SCRIPT = """
-import contextlib, io, json, os, signal, sys, traceback
-from pathlib import Path
-import ffcv.writer
-from partialnet.data.ffcv import main, write_beton
-from partialnet.data.ffcv import writer as W
-from partialnet.errors import UserError
-img_dir, corrupt_src, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-
-
-def beton():
-    return write_beton(img_dir, work / "beton" / "train.beton", max_res=64, workers=2, progress=False)
-
-
-def read_back():
-    # FFCV's own Loader over the shared file, in this fresh process: it crashed the long-lived test
-    # worker silently in full runs (three of three), whatever ran the write
-    import numpy as np
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import ToTensor
-    path = work / "beton" / "train.beton"
-    n = json.loads(open(str(path) + ".json").read())["num_samples"]
-    loader = Loader(str(path), batch_size=n, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-                    pipelines={"image": [SimpleRGBImageDecoder(), ToTensor()], "label": [IntDecoder(), ToTensor()]})
-    (images, labels), = list(loader)
-    np.save(work / "read_back_images.npy", images.numpy())
-    return {"labels": labels.reshape(-1).tolist()}
-
-
-def corrupt():
-    return write_beton(corrupt_src, work / "corrupt" / "c.beton", workers=1, progress=False)
-
-
-def overwrite():
-    out = str(work / "overwrite" / "small.beton")
-    args = ["write", "--src", img_dir, "--out", out, "--workers", "1", "--quiet"]
-    first = main([*args, "--limit", "6"])
-    before = open(out, "rb").read()
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        refused = main(["write", "--src", img_dir, "--out", out])
-    unchanged = open(out, "rb").read() == before
-    forced = main([*args, "--limit", "8", "--force"])
-    return {"first": first, "refused": refused, "stderr": err.getvalue(), "unchanged": unchanged, "forced": forced}
-
-
-def dead_worker():
-    orig = W._ImageDataset.__getitem__
-    results = []
-    for exit_code, sigint in ((3, "python"), (3, "ignored"), (0, "python")):
-        def dies_on_7(self, i, exit_code=exit_code):
-            if i == 7:
-                os._exit(exit_code)  # in the forked writer worker only
-            return orig(self, i)
-        W._ImageDataset.__getitem__ = dies_on_7
-        out = work / "dead" / f"{exit_code}-{sigint}"
-        out.mkdir(parents=True)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint == "ignored" else None
-        try:
-            write_beton(img_dir, out / "w.beton", workers=2, progress=False)
-            error = None
-        except UserError as e:
-            error = str(e)
-        finally:
-            W._ImageDataset.__getitem__ = orig
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-        results.append({"case": [exit_code, sigint], "error": error, "left": sorted(p.name for p in out.iterdir()),
-                        "restored": ffcv.writer.sleep.__module__ == "time" and ffcv.writer.Queue.__module__ != W.__name__})
-    return results
-
-
-done = {}
-for job in (beton, read_back, corrupt, overwrite, dead_worker):
-    (work / job.__name__).mkdir(parents=True, exist_ok=True)
-    try:
-        done[job.__name__] = job()
-    except BaseException:
-        done[job.__name__] = {"exception": traceback.format_exc()}
-print(json.dumps(done))
-"""
-
-
-def _corrupt_source(root: Path, jpegs: dict) -> Path:
-    """2 classes: 3 + 6 good images (3 of them larger, of different sizes), a truncated and a garbage file."""
-    blobs = jpegs[sorted(jpegs)[0]]
-    for cls in ("a", "b"):
-        (root / cls).mkdir(parents=True)
-        for i in range(3):
-            (root / cls / f"{i}.jpg").write_bytes(blobs[i])
-    for i, (w, h) in enumerate([(48, 40), (64, 64), (40, 56)]):  # variable sizes: upsampled photos
-        buf = io.BytesIO()
-        Image.open(io.BytesIO(blobs[5 + i])).resize((w, h), Image.BICUBIC).save(buf, "JPEG", quality=90)
-        (root / "b" / f"big{i}.jpg").write_bytes(buf.getvalue())
-    (root / "a" / "truncated.jpg").write_bytes(blobs[4][: len(blobs[4]) // 2])
-    (root / "b" / "garbage.jpg").write_bytes(b"not an image at all" * 10)
-    return root
-
-
 @pytest.fixture(scope="module")
-def writes(ffcv_mod, img_dir, jpegs, tmp_path_factory) -> dict:
-    """Every .beton write of this module, in one fresh process (see ``fresh_python``): the shared
-    train.beton, the corrupt-images write, the overwrite/--force sequence and the dead-worker
-    cases. ``{job: result or {"exception": traceback}, "work": folder}``; a hang fails by the timeout."""
-    work = tmp_path_factory.mktemp("writes")
-    src = _corrupt_source(tmp_path_factory.mktemp("corrupt_src"), jpegs)
-    return {**fresh_python(_WRITES_SCRIPT, img_dir, src, work, timeout=300), "work": work}
+def beton(ffcv_mod, img_dir, tmp_path_factory):
+    from partialnet.data.ffcv import write_beton
 
-
-def _job(writes: dict, name: str):
-    result = writes[name]
-    assert not (isinstance(result, dict) and "exception" in result), result["exception"]
-    return result
-
-
-@pytest.fixture(scope="module")
-def beton(writes):
-    _job(writes, "beton")
-    return writes["work"] / "beton" / "train.beton"
+    out = tmp_path_factory.mktemp("beton") / "train.beton"
+    write_beton(str(img_dir), out, max_res=64, workers=2, progress=False)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +104,12 @@ def _folder_samples(root: Path):
 
 # ---------------------------------------------------------------------------------------------
 @requires_ffcv
-def test_write_read_back(beton, img_dir, writes):
+def test_write_read_back(beton, img_dir):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
     samples = _folder_samples(img_dir)
     side = json.loads(Path(str(beton) + ".json").read_text())
     assert side["num_samples"] == len(samples) == N_CLASSES * PER_CLASS
@@ -240,35 +118,70 @@ def test_write_read_back(beton, img_dir, writes):
     assert side["skipped"]["count"] == 0 and side["file_bytes"] == beton.stat().st_size
     assert side["writer"]["max_resolution"] == 64 and side["writer"]["jpeg_quality"] == 90
 
-    read = _job(writes, "read_back")  # FFCV's own Loader, in the writes' fresh process
-    images = np.load(writes["work"] / "read_back_images.npy")
-    assert read["labels"] == [lab for _, lab in samples]
+    loader = Loader(str(beton), batch_size=len(samples), num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines={"image": [SimpleRGBImageDecoder(), ToTensor()],
+                                                "label": [IntDecoder(), ToTensor()]})
+    (images, labels), = list(loader)
+    assert labels.reshape(-1).tolist() == [lab for _, lab in samples]
     src = np.stack([np.asarray(Image.open(f).convert("RGB")) for f, _ in samples]).astype(np.float32)
-    diff = np.abs(images.astype(np.float32) - src).mean(axis=(1, 2, 3))
+    diff = np.abs(images.numpy().astype(np.float32) - src).mean(axis=(1, 2, 3))
     # raw samples are exact, JPEG-q90 re-encoded ones close
     assert diff.mean() < 2.5 and diff.max() < 6.0, diff
     assert (diff == 0).sum() >= 5  # about half are stored raw (compress_prob 0.5)
 
 
+_OVERWRITE_SCRIPT = """
+import contextlib, io, json, sys
+from partialnet.data.ffcv import main
+src, out = sys.argv[1:3]
+args = ["write", "--src", src, "--out", out, "--workers", "1", "--quiet"]
+first = main([*args, "--limit", "6"])
+before = open(out, "rb").read()
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    refused = main(["write", "--src", src, "--out", out])
+unchanged = open(out, "rb").read() == before
+forced = main([*args, "--limit", "8", "--force"])
+print(json.dumps({"first": first, "refused": refused, "stderr": err.getvalue(), "unchanged": unchanged, "forced": forced}))
+"""
+
+
 @requires_ffcv
-def test_refuses_overwrite_and_force(writes):
-    """Write 6 images, a second write without --force is refused with one line and leaves the file
-    as it was, then --force rewrites it with 8."""
-    r = _job(writes, "overwrite")
-    out = writes["work"] / "overwrite" / "small.beton"
+def test_refuses_overwrite_and_force(ffcv_mod, img_dir, tmp_path):
+    """All three writes in one fresh process: the writer forks its workers, and a full run once
+    crashed its xdist worker here (while the deploy CLI also ran inside the test workers)."""
+    out = tmp_path / "small.beton"
+    proc = subprocess.run([sys.executable, "-c", _OVERWRITE_SCRIPT, str(img_dir), str(out)], capture_output=True,
+                          text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["first"] == 0 and r["refused"] == 2 and r["unchanged"] and r["forced"] == 0, r
     lines = r["stderr"].strip().splitlines()
     assert len(lines) == 1 and "--force" in lines[0] and "Traceback" not in r["stderr"], r["stderr"]
     assert json.loads(Path(str(out) + ".json").read_text())["num_samples"] == 8
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
 @requires_ffcv
-def test_corrupt_images_skipped_and_counted(writes):
-    from partialnet.data.ffcv import FFCVDataModule
+def test_corrupt_images_skipped_and_counted(ffcv_mod, jpegs, tmp_path):
+    from partialnet.data.ffcv import FFCVDataModule, write_beton
 
-    side = _job(writes, "corrupt")
-    out = writes["work"] / "corrupt" / "c.beton"
+    root = tmp_path / "src"
+    blobs = jpegs[sorted(jpegs)[0]]
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            (root / cls / f"{i}.jpg").write_bytes(blobs[i])
+    # variable sizes: upsampled photos
+    for i, (w, h) in enumerate([(48, 40), (64, 64), (40, 56)]):
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(blobs[5 + i])).resize((w, h), Image.BICUBIC).save(buf, "JPEG", quality=90)
+        (root / "b" / f"big{i}.jpg").write_bytes(buf.getvalue())
+    (root / "a" / "truncated.jpg").write_bytes(blobs[4][: len(blobs[4]) // 2])
+    (root / "b" / "garbage.jpg").write_bytes(b"not an image at all" * 10)
+    out = tmp_path / "c.beton"
+    side = write_beton(str(root), out, workers=1, progress=False)
     assert side["num_samples"] == 9 and side["class_counts"] == [3, 6]
     assert side["skipped"]["count"] == 2
     assert sorted(Path(s["path"]).name for s in side["skipped"]["files"]) == ["garbage.jpg", "truncated.jpg"]
@@ -283,19 +196,37 @@ def test_corrupt_images_skipped_and_counted(writes):
 
 
 @requires_ffcv
-def test_dead_writer_worker_is_an_error_not_a_hang(writes):
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("exit_code, sigint", [(3, "python"), (3, "ignored"), (0, "python")])
+def test_dead_writer_worker_is_an_error_not_a_hang(ffcv_mod, img_dir, tmp_path, monkeypatch, exit_code, sigint):
     """FFCV's writer waits forever for a dead worker; ours stops and reports it.
 
     Also with SIGINT ignored (Lightning leaves SIGINT at SIG_IGN/SIG_DFL after some runs, and the
     old watchdog's interrupt_main() was then silently dropped: the hang of a full test run), and for
     a worker that exits with status 0 before its work is done (seen through its sentinel).
     """
-    results = _job(writes, "dead_worker")
-    assert len(results) == 3
-    for r in results:
-        assert r["error"] is not None and "worker process died" in r["error"], r
-        assert r["left"] == [], r  # no .beton, no sidecar, no temp files
-        assert r["restored"], r  # ffcv.writer's names restored
+    from partialnet.data.ffcv import writer as W
+
+    orig = W._ImageDataset.__getitem__
+
+    def dies_on_7(self, i):
+        if i == 7:
+            os._exit(exit_code)  # in the forked writer worker only
+        return orig(self, i)
+
+    monkeypatch.setattr(W._ImageDataset, "__getitem__", dies_on_7)
+    out = tmp_path / "w.beton"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint == "ignored" else None
+    try:
+        with pytest.raises(UserError, match="worker process died"):
+            W.write_beton(str(img_dir), out, workers=2, progress=False)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    assert list(tmp_path.iterdir()) == []  # no .beton, no sidecar, no temp files
+    import ffcv.writer
+
+    assert ffcv.writer.sleep.__module__ == "time" and ffcv.writer.Queue.__module__ != W.__name__  # names restored
 
 
 def test_writer_watch_tells_a_finished_write_from_a_lost_one():

@@ -162,7 +162,6 @@ class ForwardArchitectures(pl.Callback):
         with torch.no_grad():
             first = module.arch_valid.float().argmax(dim=-1)
             module.arch_logits.zero_().scatter_(1, first[:, None], 30.0)
-        module.arch_lr = 1e-12
         for group in module.optimizers()[1].optimizer.param_groups:
             group["lr"] = 1e-12  # the logits stay pinned
         SEEN["pinned"] = first.tolist()
