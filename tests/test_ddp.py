@@ -55,6 +55,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
             assert torch.allclose(w1[k], w2[k], atol=5e-3), (k, (w1[k] - w2[k]).abs().max())
 
 
+@pytest.mark.slow  # two more torchrun ranks; the fast tier runs DDP end to end through the test above
 def test_ddp_rank_failure_ends_every_rank_quickly(tmp_path):
     """One rank raises mid-training: all ranks exit non-zero within 60 s, no hang, no
     half-written checkpoint."""

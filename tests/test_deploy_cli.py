@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_user_error
+from conftest import REPO, assert_user_error, run_module
 
 pytest.importorskip("onnxruntime")
 
 
-def _deploy(*args):
+def _deploy(*args, subprocess_only=False):
+    """``python -m partialnet.deploy ARGS``: a real process for one happy path (the interpreter's
+    exit code), in this process otherwise (no interpreter start-up)."""
+    if not subprocess_only:
+        return run_module("partialnet.deploy", list(args))
     return subprocess.run([sys.executable, "-m", "partialnet.deploy", *args], cwd=str(REPO), capture_output=True,
                           text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
@@ -44,7 +48,7 @@ def test_checkpoint_to_fused_onnx(tmp_path, checkpoint, weights):
 
     path, raw, ema = checkpoint
     out = tmp_path / f"{weights}.onnx"
-    proc = _deploy(f"ckpt={path}", f"onnx={out}", f"weights={weights}")
+    proc = _deploy(f"ckpt={path}", f"onnx={out}", f"weights={weights}", subprocess_only=weights == "raw")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote {out} (fused, {weights} weights" in proc.stdout and "input 64x64" in proc.stdout
     x = torch.randn(3, 3, 64, 64)

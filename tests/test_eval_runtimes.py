@@ -97,3 +97,45 @@ def test_bad_runtime_through_the_cli(tmp_path):
     proc = run_cli("eval.py", ["models=[partialnet_t0]", "runtime=tensorrt", f"hydra.run.dir={tmp_path}/run"])
     assert_user_error(proc, "runtime='tensorrt' is unknown; use one of eager|compile|onnxruntime|openvino")
     assert not [p for ext in ("json", "md", "csv", "png") for p in tmp_path.rglob(f"eval.{ext}")]
+
+
+_OPENVINO_THEN_A_SIGNAL = """
+import faulthandler, gc, os, signal
+faulthandler.enable()
+from partialnet.deploy import fuse
+from partialnet.measure.runtimes import make_runner
+from partialnet.models.registry import create_model
+from partialnet.utils.signal_stack import current_signal_stack
+
+before = current_signal_stack()
+fused = fuse(create_model("fasternet_t0", num_classes=10).eval())
+first, second = make_runner("openvino", fused, 32), make_runner("openvino", fused, 32)
+first.prepare(1)
+second.prepare(2)
+del first  # released in creation order, not the reverse
+gc.collect()
+del second
+gc.collect()
+assert current_signal_stack() == before, (current_signal_stack(), before)
+handled = []
+signal.signal(signal.SIGUSR1, lambda *_: handled.append(1))  # Python handlers run on that stack
+os.kill(os.getpid(), signal.SIGUSR1)
+print("handled", len(handled))
+"""
+
+
+def test_openvino_graphs_leave_the_signal_stack_usable():
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack and, when two compiled graphs
+    are released in creation order, leaves a freed one: the next Python signal handler (SIGCHLD of a
+    DataLoader, SIGALRM, SIGTERM) then killed the process with SIGSEGV. A fresh process, so a
+    failure cannot take the test worker with it."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-c", _OPENVINO_THEN_A_SIGNAL], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0 and "handled 1" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

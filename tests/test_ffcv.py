@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_module
 from partialnet.errors import UserError
 
 N_CLASSES, PER_CLASS = 4, 10
@@ -130,35 +130,20 @@ def test_write_read_back(beton, img_dir):
     assert (diff == 0).sum() >= 5  # about half are stored raw (compress_prob 0.5)
 
 
-_OVERWRITE_SCRIPT = """
-import contextlib, io, json, sys
-from partialnet.data.ffcv import main
-src, out = sys.argv[1:3]
-args = ["write", "--src", src, "--out", out, "--workers", "1", "--quiet"]
-first = main([*args, "--limit", "6"])
-before = open(out, "rb").read()
-err = io.StringIO()
-with contextlib.redirect_stderr(err):
-    refused = main(["write", "--src", src, "--out", out])
-unchanged = open(out, "rb").read() == before
-forced = main([*args, "--limit", "8", "--force"])
-print(json.dumps({"first": first, "refused": refused, "stderr": err.getvalue(), "unchanged": unchanged, "forced": forced}))
-"""
-
-
 @requires_ffcv
 def test_refuses_overwrite_and_force(ffcv_mod, img_dir, tmp_path):
-    """All three writes in one fresh process: the writer forks its workers, and a full run once
-    crashed its xdist worker here (while the deploy CLI also ran inside the test workers)."""
+    from partialnet.data.ffcv import main
+
     out = tmp_path / "small.beton"
-    proc = subprocess.run([sys.executable, "-c", _OVERWRITE_SCRIPT, str(img_dir), str(out)], capture_output=True,
-                          text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
-                          timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert r["first"] == 0 and r["refused"] == 2 and r["unchanged"] and r["forced"] == 0, r
-    lines = r["stderr"].strip().splitlines()
-    assert len(lines) == 1 and "--force" in lines[0] and "Traceback" not in r["stderr"], r["stderr"]
+    assert main(["write", "--src", str(img_dir), "--out", str(out), "--limit", "6", "--workers", "1", "--quiet"]) == 0
+    before = out.read_bytes()
+    r = run_module("partialnet.data.ffcv", ["write", "--src", str(img_dir), "--out", str(out)])
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--force" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert out.read_bytes() == before
+    assert main(["write", "--src", str(img_dir), "--out", str(out), "--limit", "8", "--workers", "1", "--quiet",
+                 "--force"]) == 0
     assert json.loads(Path(str(out) + ".json").read_text())["num_samples"] == 8
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 

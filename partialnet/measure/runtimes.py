@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from partialnet.errors import UserError
+from partialnet.utils.signal_stack import preserved_signal_stack
 
 __all__ = ["RUNTIMES", "make_runner", "check_runner", "Runner"]
 
@@ -87,12 +88,14 @@ def _openvino_graph(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(
-        core.read_model(str(path)),
-        "CPU",
-        {"INFERENCE_NUM_THREADS": _threads(), "INFERENCE_PRECISION_HINT": "f32"},
-    )
-    request = compiled.create_infer_request()
+    # the CPU plugin swaps this thread's signal stack and, released out of order, leaves a freed one
+    with preserved_signal_stack():
+        compiled = core.compile_model(
+            core.read_model(str(path)),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": _threads(), "INFERENCE_PRECISION_HINT": "f32"},
+        )
+        request = compiled.create_infer_request()
     return lambda x: np.array(next(iter(request.infer({0: x}).values())))
 
 
