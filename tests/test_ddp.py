@@ -30,6 +30,7 @@ def _val(run_dir):
     return float(rows[-1]["val/loss"]), float(rows[-1]["val/acc1"])
 
 
+@pytest.mark.slow  # three interpreters and a torchrun agent (~30 s); make test-all runs every DDP test
 def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     common = [a for a in FAST_TRAIN if not a.startswith(("logger=", "trainer.accelerator"))] + [
         "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.sync_batchnorm=true",
@@ -55,7 +56,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
             assert torch.allclose(w1[k], w2[k], atol=5e-3), (k, (w1[k] - w2[k]).abs().max())
 
 
-@pytest.mark.slow  # two more torchrun ranks; the fast tier runs DDP end to end through the test above
+@pytest.mark.slow  # two more torchrun ranks (make test-all)
 def test_ddp_rank_failure_ends_every_rank_quickly(tmp_path):
     """One rank raises mid-training: all ranks exit non-zero within 60 s, no hang, no
     half-written checkpoint."""

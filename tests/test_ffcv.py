@@ -346,6 +346,7 @@ def _ckpt_callbacks(ck: Path, every_steps: int):
 
 
 @requires_ffcv
+@pytest.mark.slow  # ~15 s of FFCV loaders; the fast tier checks the same order and skip on the loader itself
 def test_lightning_fit_multiscale_and_exact_resume(dm, tmp_path):
     assert dm.num_classes == N_CLASSES
     steps = N_CLASSES * PER_CLASS // BATCH

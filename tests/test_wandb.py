@@ -6,19 +6,20 @@ import pytest
 from conftest import FAST_TRAIN, run_cli
 
 
-def test_wandb_offline_run_and_resume_keeps_id(tmp_path):
+def test_wandb_offline_run_and_resume_keeps_id(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # no account, no mode set: offline by default
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     args = [a for a in FAST_TRAIN if not a.startswith("logger=")] + [
         "logger=default", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path}",
     ]
-    env = {"WANDB_API_KEY": None, "WANDB_MODE": None}
-    first = run_cli("train.py", args + ["trainer.max_epochs=1"], env=env)
+    first = run_cli("train.py", args + ["trainer.max_epochs=1"])
     assert first.returncode == 0, first.stderr[-3000:]
     rid = (tmp_path / "wandb_id").read_text().strip()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and runs[0].name.endswith(rid)
     assert (tmp_path / "metrics.csv").is_file()  # CSV next to W&B, readable without syncing
 
-    second = run_cli("train.py", args + ["trainer.max_epochs=2"], env=env)
+    second = run_cli("train.py", args + ["trainer.max_epochs=2"])
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stdout
     assert (tmp_path / "wandb_id").read_text().strip() == rid
