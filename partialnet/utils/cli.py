@@ -39,9 +39,40 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, HydraException, OmegaConfBaseException)
 
 
+class _WithoutHydraJobLine:
+    """``sys.stderr`` minus the line Hydra writes before re-raising a single run's exception
+    ("Error executing job with overrides: [...]", the overrides the user just typed), so a user
+    error is one line. In a multirun the line stays: it says which job failed."""
+
+    PREFIX = "Error executing job with overrides: "
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.PREFIX):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Call ``main`` (a @hydra.main function); turn user errors into one line + exit 2."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's reporter
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    stderr = sys.stderr
+    if not multirun:
+        sys.stderr = _WithoutHydraJobLine(stderr)
+    try:
+        _call(main)
+    finally:
+        if isinstance(sys.stderr, _WithoutHydraJobLine):
+            sys.stderr = stderr
+
+
+def _call(main: Callable[[], object]) -> None:
     try:
         main()
     except Preempted as e:
