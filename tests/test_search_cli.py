@@ -42,7 +42,9 @@ def test_search_sweep_then_retrain_rebuilds_each_file(tmp_path):
     Plumbing only: with 4 search steps the exported file may come from the projection onto the
     band (``search/projection_used``). That the search itself meets a budget is tested on the real
     loop in ``test_search_loop.py``."""
-    proc = run_cli("search_dpconv.py", ["-m", *FAST_SEARCH, "search.flops_ratio=0.95,1.15", f"paths.log_dir={tmp_path}"])
+    # one search epoch each, no warm-up (plumbing: the logits move from the first step on)
+    proc = run_cli("search_dpconv.py", ["-m", *FAST_SEARCH, "trainer.max_epochs=1", "search.warmup_epochs=0",
+                                        "search.flops_ratio=0.95,1.15", f"paths.log_dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent for p in tmp_path.glob("search/multiruns/*/*/ratios.yaml"))
     assert [r.name for r in runs] == ["0", "1"]
