@@ -2,10 +2,14 @@
 checked against the model's eval outputs before it is timed; the table names the runtime."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from conftest import run_task
+from conftest import REPO, run_task
 from partialnet.deploy import fuse
 from partialnet.errors import UserError
 from partialnet.measure.runtimes import check_runner, make_runner
@@ -129,13 +133,7 @@ def test_openvino_graphs_leave_the_signal_stack_usable():
     are released in creation order, leaves a freed one: the next Python signal handler (SIGCHLD of a
     DataLoader, SIGALRM, SIGTERM) then killed the process with SIGSEGV. A fresh process, so a
     failure cannot take the test worker with it."""
-    import os
-    import subprocess
-    import sys
-
     pytest.importorskip("openvino")
-    from conftest import REPO
-
     proc = subprocess.run([sys.executable, "-c", _OPENVINO_THEN_A_SIGNAL], capture_output=True, text=True, cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"), timeout=300)
     assert proc.returncode == 0 and "handled 1" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, run_cli, run_module
+from conftest import run_cli, run_module
 from partialnet.errors import UserError
 
 N_CLASSES, PER_CLASS = 4, 10

@@ -21,7 +21,7 @@ def _weights(path):
 
 def _common(tmp_path):
     return FAST_TRAIN + [
-        "trainer.max_epochs=2", "data.train_size=320", "callbacks.checkpoint.every_n_train_steps=2",
+        "data.train_size=320", "callbacks.checkpoint.every_n_train_steps=2",
         "aug=imagenet", "ema=default", "ema.decay=0.9", "model.drop_path_rate=0.1", f"paths.log_dir={tmp_path}",
     ]
 

@@ -43,7 +43,8 @@ def test_search_sweep_then_retrain_rebuilds_each_file(tmp_path):
     band (``search/projection_used``). That the search itself meets a budget is tested on the real
     loop in ``test_search_loop.py``."""
     # one search epoch each, no warm-up (plumbing: the logits move from the first step on)
-    proc = run_cli("search_dpconv.py", ["-m", *FAST_SEARCH, "trainer.max_epochs=1", "search.warmup_epochs=0",
+    one_epoch = [a for a in FAST_SEARCH if not a.startswith(("trainer.max_epochs=", "search.warmup_epochs="))]
+    proc = run_cli("search_dpconv.py", ["-m", *one_epoch, "trainer.max_epochs=1", "search.warmup_epochs=0",
                                         "search.flops_ratio=0.95,1.15", f"paths.log_dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent for p in tmp_path.glob("search/multiruns/*/*/ratios.yaml"))

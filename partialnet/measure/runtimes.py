@@ -81,7 +81,7 @@ def _onnxruntime_graph(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # idle intra-op threads sleep instead of spinning: on a small CPU a spinning thread takes the
-    # core the next node needs (batch 1 on 2 cores: lower wall and CPU time for every model tried)
+    # core the next node needs (bench/runtimes.py, batch 1, 2 threads on 2 cores)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
