@@ -16,6 +16,7 @@ import torch.nn as nn
 import partialnet
 from partialnet.deploy import export_onnx, fuse, is_fused, onnx_max_abs_diff, set_forward_type
 from partialnet.deploy.fusion import FusedMlp, FusedPATChannel, FusedPATSelf
+from partialnet.deploy.pointwise_conv import PointwiseConv2d
 from partialnet.errors import UserError
 from partialnet.models.layers import EuclideanRPE, PartialConv, PATChannel, PATSelf, PATSpatial
 
@@ -198,6 +199,8 @@ def test_fused_structure_no_batchnorm_left(name):
     assert all(m.fc1.bias is not None for m in fused_mlps)
     assert all(m.fc2.out_channels == m.fc1.in_channels for m in fused_mlps)  # PAT_sp merged, no extra conv
     assert all(m.pat_sp == pat for m in fused_mlps)
+    # every MLP conv takes the batch-1 GEMM path, FasterNet's fc2 (no PAT_sp merged into it) included
+    assert all(isinstance(m.fc1, PointwiseConv2d) and isinstance(m.fc2, PointwiseConv2d) for m in fused_mlps)
     assert sum(isinstance(m, FusedPATChannel) for m in fused.modules()) == n_pat_ch
     assert sum(isinstance(m, FusedPATSelf) for m in fused.modules()) == (depths[3] if pat else 0)
     pconvs = [m for m in fused.modules() if isinstance(m, PartialConv)]
@@ -267,3 +270,16 @@ def test_onnx_bad_path(tmp_path):
         export_onnx(build("fasternet_t0"), tmp_path / "missing" / "m.onnx", input_size=32)
     with pytest.raises(UserError, match=".onnx"):
         export_onnx(build("fasternet_t0"), tmp_path / "m.pt", input_size=32)
+
+
+def test_spatial_conv_weights_follow_the_run_layout():
+    """A channels_last fused model stores its 3x3 / patch-conv weights channels_last (so CPU conv
+    kernels do not copy them on every call); channels_last=False, or re-fusing with it, gives NCHW."""
+    model = build("partialnet_t0", seed=11)
+    x = torch.randn(1, 3, 64, 64)
+    for fused, fmt in ((fuse(model), torch.channels_last), (fuse(model, channels_last=False), torch.contiguous_format),
+                       (fuse(fuse(model), channels_last=False), torch.contiguous_format)):
+        spatial = [m.weight for m in fused.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+        assert len(spatial) == 1 + 3 + sum(len(s.blocks) for s in fused.stages)  # stem, merging, partial convs
+        assert all(w.is_contiguous(memory_format=fmt) for w in spatial)
+        assert_equivalent(model, fused, x)

@@ -138,6 +138,27 @@ def test_srm_statistics_values_and_gradient(hw):
     torch.autograd.gradcheck(lambda t: srm_statistics(t, eps), (x[:1, :3].clone().requires_grad_(True),))
 
 
+@pytest.mark.parametrize("hw", [(1, 2), (5, 6)])
+def test_srm_statistics_batch1_channel_slice(hw):
+    """The inference form for one image with channels innermost (the channels_last slice a fused
+    PAT_ch reads, a (n, C) token matrix) gives torch's mean and unbiased std, floor included,
+    and leaves its input unchanged."""
+    torch.manual_seed(0)
+    full = (torch.randn(1, 12, *hw, dtype=torch.float64) * 3 + 2).contiguous(memory_format=torch.channels_last)
+    full[:, 7] = 0.5  # a constant channel: std at the floor
+    before = full.clone()
+    x_u = full[:, 4:]
+    assert x_u.stride(1) == 1 and not x_u.is_contiguous(memory_format=torch.channels_last)
+    eps = 1e-10
+    with torch.no_grad():
+        mean, std = srm_statistics(x_u, eps)
+    plain = x_u.contiguous()
+    torch.testing.assert_close(mean, plain.mean((2, 3)))
+    torch.testing.assert_close(std, plain.flatten(2).var(-1, unbiased=True).clamp_min(eps).sqrt())
+    assert std[0, 3].item() == eps ** 0.5
+    torch.testing.assert_close(full, before, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_dense_grad_same_values_dense_gradient(channels_last):
     """dense_grad changes neither the forward value nor the gradient's numbers; the gradient that

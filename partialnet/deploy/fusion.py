@@ -28,7 +28,8 @@ What is folded or merged, with BN in eval form ``bn(z) = s*z + t``
     near 0) the scale is kept as a separate factor instead of being divided out.
 
 * PAT_sf: LayerNorm2d's affine and the attention scale fold into ``qkv`` (weight and bias);
-  ``qkv`` and ``proj`` run as 1x1 convs; the relative-position bias ``table[:, bucket(H, W)]``
+  ``qkv`` and ``proj`` are 1x1 convs in exported graphs and matrix products on the token
+  matrix in eager PyTorch; the relative-position bias ``table[:, bucket(H, W)]``
   is cached per input size.
 * Not foldable, kept: the GELU/ReLU between fc1 and fc2, the SRM statistics and gate, the
   PAT_sp spatial gate, PAT_sf's LayerNorm normalisation and softmax, the head.
@@ -56,6 +57,7 @@ from partialnet.errors import UserError
 from partialnet.models.backbone import Mlp, PartialBlock, PartialChannelNet
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PATSpatial, euclidean_bucket_index
 from partialnet.models.layers.srm_stats import srm_statistics
+from partialnet.utils.graph_capture import is_capturing_graph
 
 __all__ = [
     "fuse",
@@ -141,6 +143,13 @@ def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return _new_conv(conv, w * s.view(-1, 1, 1, 1), b * s + t)
 
 
+def _writes_in_place(forward_type: str) -> bool:
+    """Whether a fused module writes into its own intermediates: the ``'slicing'`` form, eager and
+    without autograd. Under a graph capture (``torch.compile``) the out-of-place form is traced: a
+    compiler plans its own buffers, and writes into strided ``out=`` slices break its graph."""
+    return forward_type == "slicing" and not torch.is_grad_enabled() and not is_capturing_graph()
+
+
 # --------------------------------------------------------------------------- fused modules
 class FusedStem(nn.Module):
     """Stem conv with its BN folded; optionally moves the input to channels_last first."""
@@ -194,10 +203,10 @@ class FusedPATChannel(nn.Module):
     def gate(self, x_u: torch.Tensor) -> torch.Tensor:
         """The SRM gate, shape (B, C_u)."""
         mean, std = srm_statistics(x_u, self.std_eps)
-        return F.hardsigmoid(self.srm(torch.cat((mean, std), dim=1)))
+        return F.hardsigmoid(self.srm(torch.cat((mean, std), dim=1)), inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.forward_type == "slicing" and not torch.is_grad_enabled():
+        if _writes_in_place(self.forward_type):
             x_p, x_u = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
             g = self.gate(x_u)[:, :, None, None]
             out = torch.empty_like(x)
@@ -255,6 +264,7 @@ class FusedPATSelf(nn.Module):
         self.rpe_table = nn.Parameter(torch.zeros(self.num_heads, self.num_buckets))
         self.forward_type = "slicing"  # no in-place form here; kept for a uniform interface
         self._bias_cache: dict[tuple, torch.Tensor] = {}
+        self._index_cache: dict[tuple, torch.Tensor] = {}
 
     @classmethod
     def from_layer(cls, layer: PATSelf) -> "FusedPATSelf":
@@ -278,19 +288,60 @@ class FusedPATSelf(nn.Module):
             m.rpe_table.copy_(layer.rpe.bias_table)
         return m
 
+    def bucket_index(self, height: int, width: int) -> torch.Tensor:
+        """(H*W, H*W) bucket of every (query, key) pair, cached for one size at a time."""
+        key = (int(height), int(width), str(self.rpe_table.device))
+        index = self._index_cache.get(key)
+        if index is None:
+            index = euclidean_bucket_index(height, width, self.num_buckets, self.rpe_table.device)
+            self._index_cache = {key: index}
+        return index
+
     def rpe_bias(self, height: int, width: int) -> torch.Tensor:
-        """(heads, H*W, H*W) logit bias for an H x W map."""
+        """(heads, H*W, H*W) logit bias for an H x W map.
+
+        Eager: the gathered bias itself is cached, keyed by the table's version so that new weights
+        recompute it. Under a graph capture the gather is part of the graph (a compiler cannot key a
+        cache on a tensor's version counter; an exporter folds the gather into a constant)."""
         table = self.rpe_table
+        if is_capturing_graph():
+            return table[:, self.bucket_index(height, width)]
         key = (int(height), int(width), str(table.device), table.dtype, table._version)
         bias = self._bias_cache.get(key)
         if bias is None:
-            index = euclidean_bucket_index(height, width, self.num_buckets, table.device)
             with torch.no_grad():
-                bias = table[:, index].contiguous()
+                bias = table[:, self.bucket_index(height, width)].contiguous()
             self._bias_cache = {key: bias}  # one size at a time; a new size or new weights recompute
         return bias
 
     def attention(self, x_u: torch.Tensor) -> torch.Tensor:
+        if is_capturing_graph():
+            return self._attention_graph(x_u)
+        return self._attention_tokens(x_u)
+
+    def _attention_tokens(self, x_u: torch.Tensor) -> torch.Tensor:
+        """Eager form on the (B*N, C_u) token matrix: the two projections are plain matrix products,
+        q, k and v are read as strided views of one qkv matrix (k laid out for ``q @ k``), and the
+        bias joins the logits inside the product (``baddbmm``). The same arithmetic as
+        :meth:`_attention_graph` in fewer operator calls and copies (batch-1 CPU latency)."""
+        b, _, h, w = x_u.shape
+        c, n, heads, hd = self.dim_untouched, h * w, self.num_heads, self.head_dim
+        tokens = F.layer_norm(x_u.permute(0, 2, 3, 1).reshape(b * n, c), (c,), eps=self.ln_eps)
+        qkv = F.linear(tokens, self.qkv.weight.view(3 * c, c), self.qkv.bias).view(b, n, 3, heads, hd)
+        q = qkv[:, :, 0].transpose(1, 2).reshape(b * heads, n, hd)
+        k = qkv[:, :, 1].permute(0, 2, 3, 1).reshape(b * heads, hd, n)
+        v = qkv[:, :, 2].transpose(1, 2).reshape(b * heads, n, hd)
+        bias = self.rpe_bias(h, w)
+        if b == 1:
+            logits = torch.baddbmm(bias, q, k)
+        else:
+            logits = torch.bmm(q, k).view(b, heads, n, n).add_(bias).view(b * heads, n, n)
+        out = torch.bmm(logits.softmax(dim=-1), v).view(b, heads, n, hd).transpose(1, 2).reshape(b * n, c)
+        out = F.linear(out, self.proj.weight.view(c, c), self.proj.bias)
+        return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+    def _attention_graph(self, x_u: torch.Tensor) -> torch.Tensor:
+        """Traced form (ONNX export, torch.compile): ``qkv`` and ``proj`` stay 1x1 Conv nodes."""
         b, _, h, w = x_u.shape
         c, n = self.dim_untouched, h * w
         tokens = F.layer_norm(x_u.permute(0, 2, 3, 1), (c,), eps=self.ln_eps)  # (B, H, W, C); affine in qkv
@@ -364,7 +415,7 @@ class FusedMlp(nn.Module):
         return F.hardsigmoid(logit)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inplace = self.forward_type == "slicing" and not torch.is_grad_enabled()
+        inplace = _writes_in_place(self.forward_type)
         y = self.fc2(self._activate(self.fc1(x), inplace))
         if not self.pat_sp:
             return y
@@ -439,7 +490,8 @@ def _fuse_mlp(mlp: Mlp, in_scale: torch.Tensor | None, in_shift: torch.Tensor | 
 
     sp = mlp.pat_sp
     if isinstance(sp, nn.Identity):
-        return FusedMlp(fc1, act, copy.deepcopy(mlp.fc2), 0, forward_type)
+        fc2 = _new_conv(mlp.fc2, _weight64(mlp.fc2), None if mlp.fc2.bias is None else _bias64(mlp.fc2, mlp.fc2.out_channels))
+        return FusedMlp(fc1, act, fc2, 0, forward_type)
     if not isinstance(sp, PATSpatial):
         raise UserError(f"mlp.pat_sp is a {type(sp).__name__}; fuse knows PATSpatial or Identity")
     w2 = _weight64(mlp.fc2)[:, :, 0, 0]  # (C, hidden)
@@ -511,7 +563,7 @@ def fuse(model: nn.Module, channels_last: bool = True, forward_type: str = "slic
         out = copy.deepcopy(model).eval()
         out.stem.channels_last = channels_last
         set_forward_type(out, forward_type)
-        return out
+        return _set_spatial_weight_layout(out, channels_last)
     # Build the fused parts from the original (read only), then deep-copy the model with the
     # memo pre-seeded so that each replaced module is swapped for its fused form.
     stem = FusedStem(_fold_conv_bn(model.stem.conv, model.stem.norm), channels_last)
@@ -526,7 +578,19 @@ def fuse(model: nn.Module, channels_last: bool = True, forward_type: str = "slic
     if isinstance(head, nn.Conv2d) and is_pointwise(head):
         memo[id(head)] = _new_conv(head, _weight64(head), None if head.bias is None else _bias64(head, head.out_channels))
     fused = copy.deepcopy(model, memo)
-    return fused.eval()
+    return _set_spatial_weight_layout(fused.eval(), channels_last)
+
+
+def _set_spatial_weight_layout(model: nn.Module, channels_last: bool) -> nn.Module:
+    """Store every spatial (non-1x1) conv weight channels_last when the model runs channels_last,
+    NCHW-contiguous otherwise. PyTorch's CPU conv kernels want the weight in the input's layout and
+    otherwise copy it on every call (the partial 3x3 convs at batch 1: about 0.3 ms of PartialNet-T0's
+    and FasterNet-T0's 2-thread latency, ``bench/runtimes.py``). Values are unchanged."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and not is_pointwise(m) and not m.weight.is_contiguous(memory_format=fmt):
+            m.weight = nn.Parameter(m.weight.detach().contiguous(memory_format=fmt), m.weight.requires_grad)
+    return model
 
 
 def _fused_modules(model: nn.Module) -> Iterable[nn.Module]:

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from partialnet.utils.graph_capture import is_capturing_graph
+
 __all__ = ["PointwiseConv2d", "is_pointwise"]
 
 
@@ -32,10 +34,9 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 4 and x.shape[0] == 1 and x.device.type == "cpu" and not torch.is_grad_enabled()
+        if (x.dim() == 4 and x.shape[0] == 1 and x.is_cpu and not torch.is_grad_enabled()
                 and x.is_contiguous(memory_format=torch.channels_last)
-                and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-                         or torch.compiler.is_compiling())):
+                and not is_capturing_graph()):
             weight = self.weight.reshape(self.out_channels, self.in_channels)
             return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
         return super().forward(x)

@@ -19,10 +19,18 @@ multiply-add over the input::
 instead of the chain of saved intermediates (``x - mean``, its square, the sum, the sqrt) that
 autograd would otherwise record; it saves only the input and the two (B, C) results. Under
 ``torch.compile`` the plain form is traced instead: the compiler fuses it by itself.
+
+At inference on one image whose channels are the innermost dimension (a channels_last map or
+a channel slice of one, as in the fused model), the map is read as its (H*W, C) token matrix
+and both spatial sums are matrix-vector products with a constant vector (``1/n`` for the mean,
+``1/(n-1)`` for the variance): the same two passes in fewer operator calls, which is what a
+batch-1 forward on the CPU pays for (``bench/runtimes.py``).
 """
 from __future__ import annotations
 
 import torch
+
+from partialnet.utils.graph_capture import is_capturing_graph
 
 __all__ = ["srm_statistics"]
 
@@ -63,11 +71,35 @@ class _MeanStd(torch.autograd.Function):
         return torch.addcmul(shift[:, :, None, None], x, coef[:, :, None, None]), None
 
 
+def _token_matrix(x: torch.Tensor) -> torch.Tensor | None:
+    """The (H*W, C) view of a (1, C, H, W) map whose channels are innermost, or None (no copy made)."""
+    if x.shape[0] != 1 or x.stride(1) != 1 or x.stride(2) != x.stride(3) * x.shape[3]:
+        return None
+    if is_capturing_graph():
+        return None  # keep exported and compiled graphs in the plain reduction form
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _token_mean_std(t: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-pass ``(mean, std)`` of a (n, C) token matrix (n >= 2) as (1, C) each, via matrix-vector products."""
+    n = t.shape[0]
+    weights = torch.full((n,), 1.0 / n, dtype=t.dtype, device=t.device)
+    mean = torch.mv(t.t(), weights)
+    d = t - mean
+    d.mul_(d)
+    var = torch.mv(d.t(), weights.fill_(1.0 / (n - 1)))
+    return mean[None], var.clamp_min_(eps).sqrt_()[None]
+
+
 def srm_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean, std)`` per channel of a (B, C, H, W) map, each (B, C); see the module docstring."""
     if x.dim() != 4:
         raise ValueError(f"srm_statistics expects a (B, C, H, W) map, got shape {tuple(x.shape)}")
     if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
         return _MeanStd.apply(x, float(eps))  # (a compiler fuses the plain form itself)
+    if not (torch.is_grad_enabled() and x.requires_grad) and x.shape[-2] * x.shape[-1] > 1:
+        tokens = _token_matrix(x)
+        if tokens is not None:
+            return _token_mean_std(tokens, float(eps))
     mean, var = _mean_var(x)
     return mean, var.clamp_min(eps).sqrt()

@@ -1,0 +1,20 @@
+"""Whether the current forward is being captured into a graph rather than run eagerly.
+
+Several inference paths (the batch-1 GEMM form of 1x1 convs, the token-matrix SRM statistics,
+the token form of the fused attention) are eager-only rewrites of the same arithmetic; a graph
+capture (TorchScript tracing, which ``torch.onnx.export(..., dynamo=False)`` uses, scripting,
+``torch.compile`` and ``torch.export``) must see the plain form so that exported graphs keep
+their Conv nodes and a compiler sees the ops it fuses. ``torch.onnx.is_in_onnx_export()`` is
+not consulted: every exporter runs under one of these captures, and that call costs about
+3 us, which a batch-1 forward pays dozens of times.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["is_capturing_graph"]
+
+
+def is_capturing_graph() -> bool:
+    """True under TorchScript tracing/scripting, ``torch.compile`` and ``torch.export``."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
