@@ -1,8 +1,8 @@
-"""Inference runtimes on the CPU: the fused form on eager PyTorch, onnxruntime and OpenVINO
-(``--compile`` adds torch.compile), batch-1 latency of PartialNet against FasterNet side by
-side, and the share of the machine's matmul / 1x1-conv rate that the best runtime reaches.
+"""Inference runtimes on the CPU: the fused form on eager PyTorch, onnxruntime, OpenVINO and
+torch.compile, batch-1 latency of PartialNet against FasterNet side by side, and the share of
+the machine's matmul / 1x1-conv rate that the best runtime reaches.
 
-    python bench/runtimes.py [--threads N] [--runs 9] [--compile]
+    python bench/runtimes.py [--threads N] [--runs 9] [--no-compile]
 
 1. Peak rate of this machine: fp32 torch.mm 2048^3 and a oneDNN channels_last 1x1 conv
    (512 -> 512 on 32x28x28), same threads; the higher of the two is "the matmul rate".
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--compile", action="store_true", help="add torch.compile (slow to compile on small CPUs)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="include torch.compile (default; --no-compile skips its few minutes of compiling)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,6 +175,16 @@ def main(argv=None) -> int:
                       f"{1e3 * statistics.median(cpu):.2f} | "
                       + (f"{ours} {'<=' if cells[ours] <= cells[theirs] else '>'} {theirs}" if n == theirs else "")
                       + " |")
+    if threads > 1:  # the same eager comparison with one thread: how much each model gains from a second one
+        torch.set_num_threads(1)
+        print(f"\n| batch-1 latency, fused, eager, 1 thread | wall ms median (min) | verdict |\n|---|---|---|")
+        for ours, theirs in PAIRS:
+            r = round_robin({n: runners[(n, "eager")] for n in (ours, theirs)}, x1, args.warmup, max(args.runs, 20))
+            med = {n: statistics.median(r[n][0]) for n in (ours, theirs)}
+            for n in (ours, theirs):
+                print(f"| {n} | {1e3 * med[n]:.2f} ({1e3 * min(r[n][0]):.2f}) | "
+                      + (f"{ours} {'<=' if med[ours] <= med[theirs] else '>'} {theirs}" if n == theirs else "") + " |")
+        torch.set_num_threads(threads)
     print()
     kinds = {n: profile_kinds(n, args.size) for n in PAIRS[0]}
     print(f"Where the time goes at batch 1, fused, eager, {threads} thread(s): self CPU ms per forward by kind of op\n")
