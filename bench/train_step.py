@@ -1,7 +1,8 @@
 """Training step (forward + backward + AdamW) at 224 px, batch 32, CPU: before/after in one run.
 
-"before" is the training step as it was: NCHW tensors and the PAT_ch statistics written as plain
-autograd ops (:class:`ReferencePATChannel` below keeps that implementation reachable).
+"before" is the training step as it was: NCHW tensors, the PAT_ch statistics written as plain
+autograd ops (:class:`ReferencePATChannel` below keeps that implementation reachable) and
+AdamW's per-parameter loop. The other variants use the project's optimizer (fused AdamW).
 "after" is the step with the current layers: the shared ``srm_statistics`` (one fused
 backward), the SRM (1, 2) conv as one matrix product, dense gradients into the halves of each
 split (:func:`partialnet.models.layers.dense_grad.dense_grad`), with the model and the batch in
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 import partialnet
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf
+from partialnet.training.optim import build_optimizer
 
 VARIANTS = ("before", "after_nchw", "after", "after_compile")
 
@@ -80,7 +82,10 @@ def batch(size: int, bs: int, variant: str) -> tuple[torch.Tensor, torch.Tensor]
 class Step:
     def __init__(self, name: str, variant: str, bs: int, size: int):
         self.model = build(name, variant)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        if variant == "before":  # the per-parameter AdamW loop the project used to build
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.05, fused=False)
+        else:  # the project's optimizer (fused AdamW, no decay on norms and biases)
+            self.opt = build_optimizer(self.model, {"name": "adamw", "weight_decay": 0.05}, 1e-3)
         self.x, self.y = batch(size, bs, variant)
 
     def __call__(self) -> tuple[float, float]:

@@ -2,6 +2,8 @@
 atomic checkpoint writes, the one-line CLI error formatting."""
 from __future__ import annotations
 
+import copy
+
 import math
 import os
 
@@ -72,6 +74,30 @@ def test_no_weight_decay_on_norm_and_bias_by_default():
     assert sum(len(g["params"]) for g in opt.param_groups if g["weight_decay"] > 0) == 6
     with pytest.raises(UserError, match="optim.name"):
         build_optimizer(m, {"name": "lamb"}, 1e-3)
+
+
+def test_adamw_runs_fused_with_the_loop_update():
+    """AdamW takes the fused kernel on CPU fp32 parameters and updates them as the per-parameter loop does."""
+    torch.manual_seed(0)
+    # (no bias right before a norm layer: its gradient is rounding noise, which Adam scales up to full steps)
+    m = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.GELU(), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3))
+    ref = copy.deepcopy(m)
+    opt = build_optimizer(m, {"name": "adamw", "weight_decay": 0.05}, 1e-2)
+    opt_ref = build_optimizer(ref, {"name": "adamw", "weight_decay": 0.05}, 1e-2)
+    assert all(g["fused"] for g in opt.param_groups)
+    for g in opt_ref.param_groups:
+        g["fused"] = False
+    before = [p.detach().clone() for p in m.parameters()]
+    x = torch.randn(8, 5)
+    for _ in range(3):
+        for model, o in ((m, opt), (ref, opt_ref)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    for a, b, start in zip(m.parameters(), ref.parameters(), before):
+        torch.testing.assert_close(a, b)
+        assert not torch.equal(a, start)
+    assert not build_optimizer(m.double(), {"name": "adamw"}, 1e-2).param_groups[0]["fused"]
 
 
 def test_multiscale_schedule():
