@@ -71,6 +71,41 @@ def load_avg() -> str:
         return "n/a"
 
 
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(wall s, CPU s used by every process on the machine, CPU s used by this one), or None without /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    own = time.process_time()
+    return time.perf_counter(), busy, own
+
+
+def other_cpu_share(since: tuple[float, float, float] | None) -> float | None:
+    """Share of the machine's CPU time that other processes used since ``since`` (0 = a quiet machine).
+
+    Unlike the load average, this leaves out the benchmark's own threads and the load that a
+    previous benchmark left in the 1-minute average."""
+    now = cpu_snapshot()
+    if since is None or now is None or now[0] <= since[0]:
+        return None
+    others = (now[1] - since[1]) - (now[2] - since[2])
+    return max(0.0, others) / ((now[0] - since[0]) * (os.cpu_count() or 1))
+
+
+def busy_warning(share: float | None) -> str:
+    """One line for the end of a benchmark's output: the other processes' share of the CPUs."""
+    if share is None:
+        return "other processes' share of the CPUs during this run: unknown (no /proc/stat)"
+    if share < 0.1:
+        return f"other processes used {100 * share:.0f} % of the CPUs during this run (a quiet machine)"
+    return (f"WARNING: other processes used {100 * share:.0f} % of the CPUs during this run: timings are inflated "
+            "and noisy (multi-threaded ones by large factors). Re-run on a quiet machine; --threads 1 is the least "
+            "affected.")
+
+
 def _time(fn, runs: int, warmup: int) -> list[float]:
     with torch.inference_mode():
         for _ in range(warmup):
@@ -284,7 +319,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    load_before = load_avg()
+    load_before, since = load_avg(), cpu_snapshot()
     print(f"# Model benchmark (CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
           f"{threads} torch thread(s), fp32, {args.size}px)")
     print(f"load average before: {load_before}  (1/5/15 min; above ~{os.cpu_count()} means the CPUs are shared)\n")
@@ -376,18 +411,8 @@ def main(argv=None) -> int:
             profile_breakdown(target, args)
         finally:
             torch.set_num_threads(threads)
-    load_after = load_avg()
-    print(f"\nload average after: {load_after} (before: {load_before})")
-    try:
-        busy = max(float(load_before.split("/")[0]), float(load_after.split("/")[0])) > (os.cpu_count() or 1) * 0.75
-    except ValueError:
-        busy = False
-    if busy:
-        print(
-            "WARNING: other processes were using the CPUs during this run (load average near or above the CPU "
-            "count): timings are inflated and noisy (multi-threaded ones by large factors). Re-run on a quiet "
-            "machine; --threads 1 is the least affected."
-        )
+    print(f"\nload average after: {load_avg()} (before: {load_before})")
+    print(busy_warning(other_cpu_share(since)))
     return 0
 
 

@@ -35,7 +35,7 @@ for p in (str(HERE.parent), str(HERE)):
         sys.path.insert(0, p)
 
 import partialnet  # noqa: E402
-from models import conv1x1_rate, cpu_name, load_avg, matmul_rate, op_kind  # noqa: E402  (bench/models.py)
+from models import busy_warning, conv1x1_rate, cpu_name, cpu_snapshot, load_avg, matmul_rate, op_kind, other_cpu_share  # noqa: E402,E501  (bench/models.py)
 from partialnet.deploy import fuse  # noqa: E402
 from partialnet.measure import count  # noqa: E402
 from partialnet.measure.runtimes import check_runner, make_runner  # noqa: E402
@@ -133,6 +133,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    since = cpu_snapshot()
     runtimes = ["eager", "onnxruntime", "openvino"] + (["compile"] if args.compile else [])
     print(f"### Inference runtimes (CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, {threads} thread(s), fp32, "
           f"{args.size}px)\n\nload average before: {load_avg()}\n")
@@ -204,6 +205,7 @@ def main(argv=None) -> int:
             print(f"| {k} | " + " | ".join(f"{ov_kinds[n].get(k, 0.0):.3f}" for n in PAIRS[0]) + " |")
         print("| total of the nodes | " + " | ".join(f"{sum(ov_kinds[n].values()):.2f}" for n in PAIRS[0]) + " |")
     print(f"\nload average after: {load_avg()}")
+    print(busy_warning(other_cpu_share(since)))
     return 0
 
 

@@ -179,10 +179,11 @@ def main() -> None:
     print(f"### Training step (forward + backward + AdamW), batch {args.batch}, {args.size}x{args.size}, fp32, "
           f"CPU, {torch.get_num_threads()} threads\n")
     print(f"{args.runs} timed steps per variant after {args.warmup} warm-up, variants interleaved. "
-          "before = NCHW, PAT_ch statistics as plain autograd ops (ReferencePATChannel); after = the "
-          "current layers (shared srm_statistics with its one-pass backward, SRM conv as a matrix "
-          "product, dense gradients into the split halves) with model and batch in channels_last; "
-          "after_nchw = the same layers on NCHW tensors (what the layout alone adds).\n")
+          "before = NCHW, PAT_ch statistics as plain autograd ops (ReferencePATChannel), AdamW's "
+          "per-parameter loop; after = the current layers (shared srm_statistics with its one-pass "
+          "backward, SRM conv as a matrix product, dense gradients into the split halves) with model and "
+          "batch in channels_last and the project's optimizer (fused AdamW); after_nchw = the same on NCHW "
+          "tensors (what the layout alone adds).\n")
     print("| model | variant | step wall s (median, min-max) | step CPU s (median) | images/s (wall) | "
           "speed-up vs before (wall / CPU) | saved for backward MiB | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|")
