@@ -4,7 +4,8 @@
 - Parameter groups come from timm's ``create_optimizer_v2``: by default norm/bias parameters
   (ndim <= 1) and anything a model lists in ``no_weight_decay()`` get no weight decay.
 - AdamW runs PyTorch's fused kernel whenever every parameter is on the CPU or a CUDA device in a
-  float dtype (the same update rule; checkpoints of either form load into the other).
+  float dtype (the same update rule; an optimizer state written by either form loads into the
+  other, and a resumed run keeps the form its checkpoint was written with).
 - The schedule is a pure function of the optimizer step (warm-up, then cosine), wrapped in a
   ``LambdaLR`` that Lightning steps every iteration: resuming restores ``last_epoch`` and the
   LR sequence continues exactly.
