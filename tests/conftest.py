@@ -250,10 +250,14 @@ def _restore_environ(saved: dict) -> None:
             os.environ[key] = value
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tests run many small ops: one intra-op thread is as fast, and far faster on busy cores
-    (spinning OpenMP threads). `make test` also sets OMP_NUM_THREADS=1 for subprocesses."""
+    (spinning OpenMP threads). `make test` also sets OMP_NUM_THREADS=1 for subprocesses.
+
+    Set before every test, not once per worker: FFCV's loader sets the process's thread count to
+    its worker count, and a later in-process run on two threads computes conv gradients in another
+    order than the one-thread real process it is compared with (the mid-epoch resume test)."""
     import torch
 
     threads = torch.get_num_threads()
