@@ -1,5 +1,5 @@
-"""PointwiseConv2d: the fused models' 1x1 convs run as one GEMM on the channels_last view at
-inference on CPU, with a Conv2d's outputs, state dict and exported graph."""
+"""PointwiseConv2d: 1x1 convs run as one GEMM on the channels_last view on the CPU for one image
+at inference and for small maps, with a Conv2d's outputs, gradients, state dict and exported graph."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import partialnet
 from partialnet.deploy import fuse
-from partialnet.deploy.pointwise_conv import PointwiseConv2d, is_pointwise
+from partialnet.models.layers import PointwiseConv2d, is_pointwise
 
 
 def _ops(fn) -> set[str]:
@@ -16,25 +16,44 @@ def _ops(fn) -> set[str]:
     return {e.key for e in prof.key_averages()}
 
 
-def test_gemm_path_equals_the_conv_and_is_taken():
+def _cl(*shape) -> torch.Tensor:
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
+def test_gemm_path_equals_the_conv_and_is_taken_where_it_pays():
+    """The GEMM runs for one image at inference and for small maps (<= 7x7) at any batch, with
+    autograd too; larger maps with several images, autograd on a large map, and NCHW input take
+    the conv. Outputs (and gradients) equal a plain Conv2d's."""
     torch.manual_seed(0)
-    pw = PointwiseConv2d(24, 40).eval()
-    ref = nn.Conv2d(24, 40, 1).eval()
+    pw = PointwiseConv2d(24, 40)
+    ref = nn.Conv2d(24, 40, 1)
     ref.load_state_dict(pw.state_dict())  # same keys and shapes as a Conv2d
-    x = torch.randn(1, 24, 7, 5).contiguous(memory_format=torch.channels_last)
+    one_large, batch_large, batch_small = _cl(1, 24, 9, 8), _cl(3, 24, 9, 8), _cl(3, 24, 7, 5)
     with torch.no_grad():
-        out, want = pw(x), ref(x)
-        ops = _ops(lambda: pw(x))
-    assert torch.allclose(out, want, atol=1e-5)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert "aten::linear" in ops and "aten::convolution" not in ops
-    # batches, autograd and NCHW input take the Conv2d forward
-    batch = torch.randn(2, 24, 7, 5).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        assert torch.allclose(pw(batch), ref(batch), atol=1e-5)
-        assert "aten::convolution" in _ops(lambda: pw(batch))
-    assert "aten::convolution" in _ops(lambda: pw(x.contiguous()))
-    assert "aten::convolution" in _ops(lambda: pw(x.requires_grad_()))
+        for x, gemm in ((one_large, True), (batch_large, False), (batch_small, True), (one_large.contiguous(), False)):
+            out = pw(x)
+            torch.testing.assert_close(out, ref(x), atol=1e-5, rtol=1e-5)
+            ops = _ops(lambda: pw(x))
+            assert ("aten::convolution" not in ops) == gemm, x.shape
+            if gemm:
+                assert "aten::linear" in ops and out.is_contiguous(memory_format=torch.channels_last)
+    for x, gemm in ((batch_small, True), (one_large, False)):  # training: only small maps
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        assert ("aten::convolution" not in _ops(lambda: pw(xa))) == gemm
+        g = _cl(*pw(xa).shape)
+        pw(xa).backward(g)
+        ref(xb).backward(g)
+        torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pw.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(pw.bias.grad, ref.bias.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_training_models_use_it_for_their_1x1_convs():
+    model = partialnet.create_model("partialnet_t0", num_classes=10)
+    mlp = model.stages[0].blocks[0].mlp
+    assert isinstance(mlp.fc1, PointwiseConv2d) and isinstance(mlp.fc2, PointwiseConv2d)
+    assert isinstance(model.conv_head, PointwiseConv2d)
+    assert isinstance(mlp.pat_sp.conv, PointwiseConv2d) and isinstance(mlp.pat_sp.attn_conv, PointwiseConv2d)
 
 
 def test_fused_model_uses_it_for_every_1x1_conv():

@@ -36,8 +36,8 @@ What is folded or merged, with BN in eval form ``bn(z) = s*z + t``
 * PConv: the layer's in-place ``'slicing'`` form (clone first, so the shortcut is intact).
 
 The fused model runs channels_last on CPU (``channels_last`` argument; its 1x1 convs are
-:class:`~partialnet.deploy.pointwise_conv.PointwiseConv2d`, one GEMM on the channels_last
-token view at inference) and, with ``forward_type='slicing'`` (default), writes into its own intermediate
+:class:`~partialnet.models.layers.PointwiseConv2d`, one GEMM on the channels_last
+token view for one image or a small map) and, with ``forward_type='slicing'`` (default), writes into its own intermediate
 tensors in place. :func:`set_forward_type` switches every fused module to the out-of-place
 ``'split_cat'`` form, which is what ONNX export uses (in-place slice writes blew up
 FasterNet's ONNX graphs, FasterNet issue #16). Both forms give the same outputs and run on any
@@ -52,10 +52,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from partialnet.deploy.pointwise_conv import PointwiseConv2d, is_pointwise
 from partialnet.errors import UserError
 from partialnet.models.backbone import Mlp, PartialBlock, PartialChannelNet
-from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PATSpatial, euclidean_bucket_index
+from partialnet.models.layers import (PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d,
+                                      euclidean_bucket_index, is_pointwise)
 from partialnet.models.layers.srm_stats import srm_statistics
 from partialnet.utils.graph_capture import is_capturing_graph
 

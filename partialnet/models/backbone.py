@@ -37,7 +37,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from partialnet.errors import UserError
-from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PATSpatial
+from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d
 from partialnet.models.module_utils import init_weights_
 from partialnet.models.ratios_file import check_per_block, resolve_model_ratios
 from partialnet.models.registry import TIMM_BUILD_KWARGS, build_with_timm
@@ -82,10 +82,10 @@ class Mlp(nn.Module):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.dim, self.ratio = int(dim), float(mlp_ratio)  # ratio: the expansion (what a search varies)
-        self.fc1 = nn.Conv2d(dim, hidden, 1, bias=False)
+        self.fc1 = PointwiseConv2d(dim, hidden, bias=False)
         self.norm = nn.BatchNorm2d(hidden)
         self.act = act_layer()
-        self.fc2 = nn.Conv2d(hidden, dim, 1, bias=False)
+        self.fc2 = PointwiseConv2d(hidden, dim, bias=False)
         self.pat_sp = PATSpatial(dim) if pat_sp else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +200,7 @@ class PartialChannelNet(nn.Module):
         self.num_features = dims[-1]
         self.head_hidden_size = feature_dim
         self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.conv_head = nn.Conv2d(dims[-1], feature_dim, 1, bias=False)
+        self.conv_head = PointwiseConv2d(dims[-1], feature_dim, bias=False)
         self.head_act = act()
         self.flatten = nn.Flatten(1)
         self.head = nn.Linear(feature_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -2,6 +2,7 @@
 from partialnet.models.layers.pat import PATChannel, PATSpatial, StatsBatchNorm2d
 from partialnet.models.layers.pat_self import PATSelf, heads_for
 from partialnet.models.layers.pconv import PartialConv, PartialSplit, conv_channels
+from partialnet.models.layers.pointwise_conv import PointwiseConv2d, is_pointwise
 from partialnet.models.layers.rpe import EuclideanRPE, euclidean_bucket_index
 from partialnet.models.layers.srm_stats import srm_statistics
 from partialnet.models.layers.acmix import ACmix
@@ -10,6 +11,7 @@ from partialnet.models.layers.scconv import SCConv
 __all__ = [
     "PartialSplit",
     "PartialConv",
+    "PointwiseConv2d",
     "PATChannel",
     "PATSpatial",
     "PATSelf",
@@ -20,5 +22,6 @@ __all__ = [
     "conv_channels",
     "euclidean_bucket_index",
     "heads_for",
+    "is_pointwise",
     "srm_statistics",
 ]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from partialnet.models.layers.dense_grad import dense, dense_grad
 from partialnet.models.layers.pconv import PartialSplit, conv_channels
+from partialnet.models.layers.pointwise_conv import PointwiseConv2d
 from partialnet.models.layers.srm_stats import srm_statistics
 
 __all__ = ["StatsBatchNorm2d", "PATChannel", "PATSpatial"]
@@ -91,11 +92,11 @@ class PATSpatial(nn.Module):
         self.dim = int(dim)
         self.dim_attn = conv_channels(self.dim, 0.5)
         self.dim_conv = self.dim - self.dim_attn
-        self.attn_conv = nn.Conv2d(self.dim_attn, 1, 1, bias=False)
+        self.attn_conv = PointwiseConv2d(self.dim_attn, 1, bias=False)
         self.attn_gate = nn.Hardsigmoid()
         self.attn_norm = nn.BatchNorm2d(self.dim_attn)
         self.conv_norm = nn.BatchNorm2d(self.dim_conv)
-        self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 1, bias=False)
+        self.conv = PointwiseConv2d(self.dim_conv, self.dim_conv, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_a, x_c = torch.split(x, [self.dim_attn, self.dim_conv], dim=1)
