@@ -35,7 +35,8 @@ for p in (str(HERE.parent), str(HERE)):
         sys.path.insert(0, p)
 
 import partialnet  # noqa: E402
-from models import busy_warning, conv1x1_rate, cpu_name, cpu_snapshot, load_avg, matmul_rate, op_kind, other_cpu_share  # noqa: E402,E501  (bench/models.py)
+from models import (  # noqa: E402  (bench/models.py)
+    busy_warning, conv1x1_rate, cpu_name, cpu_snapshot, load_avg, matmul_rate, op_kind, other_cpu_share)
 from partialnet.deploy import fuse  # noqa: E402
 from partialnet.measure import count  # noqa: E402
 from partialnet.measure.runtimes import check_runner, make_runner  # noqa: E402
@@ -72,6 +73,21 @@ def build_runners(names, runtimes, size: int) -> tuple[dict, dict]:
             check_runner(runner, model, x, rt)
             runners[(name, rt)] = runner
     return runners, macs
+
+
+def batch1_table(title: str, runners: dict, runtimes, x: torch.Tensor, args) -> None:
+    """Rows of PartialNet vs FasterNet batch-1 latency per runtime, each pair timed round-robin."""
+    print(f"| {title} | runtime | wall ms median (min) | process CPU ms median | verdict (CPU time) |")
+    print("|---|---|---|---|---|")
+    for rt in runtimes:
+        for ours, theirs in PAIRS:
+            r = round_robin({n: runners[(n, rt)] for n in (ours, theirs)}, x, args.warmup, max(args.runs, 20))
+            cpu = {n: statistics.median(r[n][1]) for n in (ours, theirs)}
+            for n in (ours, theirs):
+                wall = r[n][0]
+                verdict = f"{ours} {'<=' if cpu[ours] <= cpu[theirs] else '>'} {theirs}" if n == theirs else ""
+                print(f"| {n} | {rt} | {1e3 * statistics.median(wall):.2f} ({1e3 * min(wall):.2f}) | "
+                      f"{1e3 * cpu[n]:.2f} | {verdict} |")
 
 
 def profile_kinds(name: str, size: int, iters: int = 10) -> dict[str, float]:
@@ -163,29 +179,14 @@ def main(argv=None) -> int:
           f"machine's matmul/1x1-conv rate (target >= 85 %: {'met' if best[0] >= 0.85 * peak else 'not met'})\n")
 
     x1 = torch.randn(1, 3, args.size, args.size)
-    print("| batch-1 latency, fused | runtime | wall ms median (min) | process CPU ms median | verdict (CPU time) |")
-    print("|---|---|---|---|---|")
-    for rt in runtimes:
-        for ours, theirs in PAIRS:
-            r = round_robin({n: runners[(n, rt)] for n in (ours, theirs)}, x1, args.warmup, max(args.runs, 20))
-            cells = {}
-            for n in (ours, theirs):
-                wall, cpu = r[n]
-                cells[n] = statistics.median(cpu)
-                print(f"| {n} | {rt} | {1e3 * statistics.median(wall):.2f} ({1e3 * min(wall):.2f}) | "
-                      f"{1e3 * statistics.median(cpu):.2f} | "
-                      + (f"{ours} {'<=' if cells[ours] <= cells[theirs] else '>'} {theirs}" if n == theirs else "")
-                      + " |")
+    batch1_table(f"batch-1 latency, fused, {threads} thread(s)", runners, runtimes, x1, args)
     if threads > 1:  # the same eager comparison with one thread: how much each model gains from a second one
         torch.set_num_threads(1)
-        print(f"\n| batch-1 latency, fused, eager, 1 thread | wall ms median (min) | verdict |\n|---|---|---|")
-        for ours, theirs in PAIRS:
-            r = round_robin({n: runners[(n, "eager")] for n in (ours, theirs)}, x1, args.warmup, max(args.runs, 20))
-            med = {n: statistics.median(r[n][0]) for n in (ours, theirs)}
-            for n in (ours, theirs):
-                print(f"| {n} | {1e3 * med[n]:.2f} ({1e3 * min(r[n][0]):.2f}) | "
-                      + (f"{ours} {'<=' if med[ours] <= med[theirs] else '>'} {theirs}" if n == theirs else "") + " |")
-        torch.set_num_threads(threads)
+        try:
+            print()
+            batch1_table("batch-1 latency, fused, 1 thread", runners, ["eager"], x1, args)
+        finally:
+            torch.set_num_threads(threads)
     print()
     kinds = {n: profile_kinds(n, args.size) for n in PAIRS[0]}
     print(f"Where the time goes at batch 1, fused, eager, {threads} thread(s): self CPU ms per forward by kind of op\n")

@@ -16,9 +16,8 @@ import torch.nn as nn
 import partialnet
 from partialnet.deploy import export_onnx, fuse, is_fused, onnx_max_abs_diff, set_forward_type
 from partialnet.deploy.fusion import FusedMlp, FusedPATChannel, FusedPATSelf
-from partialnet.models.layers import PointwiseConv2d
 from partialnet.errors import UserError
-from partialnet.models.layers import EuclideanRPE, PartialConv, PATChannel, PATSelf, PATSpatial
+from partialnet.models.layers import EuclideanRPE, PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d
 
 TOL = 1e-4
 FAMILIES = ("partialnet", "patnet", "fasternet")

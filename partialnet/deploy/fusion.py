@@ -28,17 +28,16 @@ What is folded or merged, with BN in eval form ``bn(z) = s*z + t``
     near 0) the scale is kept as a separate factor instead of being divided out.
 
 * PAT_sf: LayerNorm2d's affine and the attention scale fold into ``qkv`` (weight and bias);
-  ``qkv`` and ``proj`` are 1x1 convs in exported graphs and matrix products on the token
-  matrix in eager PyTorch; the relative-position bias ``table[:, bucket(H, W)]``
+  ``qkv`` and ``proj`` run as 1x1 convs; the relative-position bias ``table[:, bucket(H, W)]``
   is cached per input size.
 * Not foldable, kept: the GELU/ReLU between fc1 and fc2, the SRM statistics and gate, the
   PAT_sp spatial gate, PAT_sf's LayerNorm normalisation and softmax, the head.
 * PConv: the layer's in-place ``'slicing'`` form (clone first, so the shortcut is intact).
 
 The fused model runs channels_last on CPU (``channels_last`` argument; its 1x1 convs are
-:class:`~partialnet.models.layers.PointwiseConv2d`, one GEMM on the channels_last
-token view for one image or a small map) and, with ``forward_type='slicing'`` (default), writes into its own intermediate
-tensors in place. :func:`set_forward_type` switches every fused module to the out-of-place
+:class:`~partialnet.models.layers.PointwiseConv2d`, one GEMM on the channels_last token view
+for one image or a small map) and, with ``forward_type='slicing'`` (default), writes into its own
+intermediate tensors in place. :func:`set_forward_type` switches every fused module to the out-of-place
 ``'split_cat'`` form, which is what ONNX export uses (in-place slice writes blew up
 FasterNet's ONNX graphs, FasterNet issue #16). Both forms give the same outputs and run on any
 input size the original model accepts.
@@ -133,6 +132,12 @@ def _new_conv(like: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) 
         if bias is not None:
             conv.bias.copy_(bias)
     return conv
+
+
+def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A copy of ``conv`` (a PointwiseConv2d when it is 1x1, whatever class it was saved as)."""
+    w = _weight64(conv)
+    return _new_conv(conv, w, None if conv.bias is None else _bias64(conv, w.shape[0]))
 
 
 def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -315,33 +320,8 @@ class FusedPATSelf(nn.Module):
         return bias
 
     def attention(self, x_u: torch.Tensor) -> torch.Tensor:
-        if is_capturing_graph():
-            return self._attention_graph(x_u)
-        return self._attention_tokens(x_u)
-
-    def _attention_tokens(self, x_u: torch.Tensor) -> torch.Tensor:
-        """Eager form on the (B*N, C_u) token matrix: the two projections are plain matrix products,
-        q, k and v are read as strided views of one qkv matrix (k laid out for ``q @ k``), and the
-        bias joins the logits inside the product (``baddbmm``). The same arithmetic as
-        :meth:`_attention_graph` in fewer operator calls and copies (batch-1 CPU latency)."""
-        b, _, h, w = x_u.shape
-        c, n, heads, hd = self.dim_untouched, h * w, self.num_heads, self.head_dim
-        tokens = F.layer_norm(x_u.permute(0, 2, 3, 1).reshape(b * n, c), (c,), eps=self.ln_eps)
-        qkv = F.linear(tokens, self.qkv.weight.view(3 * c, c), self.qkv.bias).view(b, n, 3, heads, hd)
-        q = qkv[:, :, 0].transpose(1, 2).reshape(b * heads, n, hd)
-        k = qkv[:, :, 1].permute(0, 2, 3, 1).reshape(b * heads, hd, n)
-        v = qkv[:, :, 2].transpose(1, 2).reshape(b * heads, n, hd)
-        bias = self.rpe_bias(h, w)
-        if b == 1:
-            logits = torch.baddbmm(bias, q, k)
-        else:
-            logits = torch.bmm(q, k).view(b, heads, n, n).add_(bias).view(b * heads, n, n)
-        out = torch.bmm(logits.softmax(dim=-1), v).view(b, heads, n, hd).transpose(1, 2).reshape(b * n, c)
-        out = F.linear(out, self.proj.weight.view(c, c), self.proj.bias)
-        return out.view(b, h, w, c).permute(0, 3, 1, 2)
-
-    def _attention_graph(self, x_u: torch.Tensor) -> torch.Tensor:
-        """Traced form (ONNX export, torch.compile): ``qkv`` and ``proj`` stay 1x1 Conv nodes."""
+        """MHSA on the (B, C_u, H, W) half; ``qkv`` and ``proj`` are PointwiseConv2d (one GEMM each on
+        the channels_last token view of a map up to 7x7, a Conv node in an exported graph)."""
         b, _, h, w = x_u.shape
         c, n = self.dim_untouched, h * w
         tokens = F.layer_norm(x_u.permute(0, 2, 3, 1), (c,), eps=self.ln_eps)  # (B, H, W, C); affine in qkv
@@ -490,8 +470,7 @@ def _fuse_mlp(mlp: Mlp, in_scale: torch.Tensor | None, in_shift: torch.Tensor | 
 
     sp = mlp.pat_sp
     if isinstance(sp, nn.Identity):
-        fc2 = _new_conv(mlp.fc2, _weight64(mlp.fc2), None if mlp.fc2.bias is None else _bias64(mlp.fc2, mlp.fc2.out_channels))
-        return FusedMlp(fc1, act, fc2, 0, forward_type)
+        return FusedMlp(fc1, act, _copy_conv(mlp.fc2), 0, forward_type)
     if not isinstance(sp, PATSpatial):
         raise UserError(f"mlp.pat_sp is a {type(sp).__name__}; fuse knows PATSpatial or Identity")
     w2 = _weight64(mlp.fc2)[:, :, 0, 0]  # (C, hidden)
@@ -576,7 +555,7 @@ def fuse(model: nn.Module, channels_last: bool = True, forward_type: str = "slic
             memo[id(block)] = _fuse_block(block, forward_type)
     head = getattr(model, "conv_head", None)
     if isinstance(head, nn.Conv2d) and is_pointwise(head):
-        memo[id(head)] = _new_conv(head, _weight64(head), None if head.bias is None else _bias64(head, head.out_channels))
+        memo[id(head)] = _copy_conv(head)
     fused = copy.deepcopy(model, memo)
     return _set_spatial_weight_layout(fused.eval(), channels_last)
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from partialnet.utils.graph_capture import is_capturing_graph
 
-__all__ = ["PointwiseConv2d", "is_pointwise", "SMALL_MAP"]
+__all__ = ["PointwiseConv2d", "is_pointwise"]
 
 SMALL_MAP = 49  # maps of at most this many positions (7x7) take the GEMM at any batch size
 

@@ -95,11 +95,10 @@ def srm_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Ten
     """``(mean, std)`` per channel of a (B, C, H, W) map, each (B, C); see the module docstring."""
     if x.dim() != 4:
         raise ValueError(f"srm_statistics expects a (B, C, H, W) map, got shape {tuple(x.shape)}")
-    if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
-        return _MeanStd.apply(x, float(eps))  # (a compiler fuses the plain form itself)
-    if not (torch.is_grad_enabled() and x.requires_grad) and x.shape[-2] * x.shape[-1] > 1:
-        tokens = _token_matrix(x)
-        if tokens is not None:
-            return _token_mean_std(tokens, float(eps))
+    if torch.is_grad_enabled() and x.requires_grad:
+        if not torch.compiler.is_compiling():  # (a compiler fuses the plain form itself)
+            return _MeanStd.apply(x, float(eps))
+    elif x.shape[-2] * x.shape[-1] > 1 and (tokens := _token_matrix(x)) is not None:
+        return _token_mean_std(tokens, float(eps))
     mean, var = _mean_var(x)
     return mean, var.clamp_min(eps).sqrt()
