@@ -6,7 +6,10 @@ AdamW's per-parameter loop. The other variants use the project's optimizer (fuse
 "after" is the step with the current layers: the shared ``srm_statistics`` (one fused
 backward), the SRM (1, 2) conv as one matrix product, dense gradients into the halves of each
 split (:func:`partialnet.models.layers.dense_grad.dense_grad`), with the model and the batch in
-channels_last; "after_nchw" is the same layers on NCHW tensors, to separate the two effects.
+channels_last; "after_nchw" is the same layers on NCHW tensors, to separate the two effects;
+"after_conv1x1" is "after" with the 1x1 convs on the conv kernel (what the small-map GEMM of
+:class:`~partialnet.models.layers.PointwiseConv2d` adds: at 224 px only the last stage and the
+head; ``--size 32 --batch 256``, the demo's shape, most of the network).
 ``--compile`` adds an "after + torch.compile" row (inductor on CPU; its compile time is printed).
 
 Steps of the variants are interleaved (before, after, before, ...) so that load from other
@@ -14,12 +17,16 @@ processes hits all of them alike. Printed per variant: median wall time and medi
 time of a step (on a shared machine the CPU time is the steadier of the two), images/s, the bytes
 autograd saves for backward in one forward of the whole model (the activation memory of the
 step, exact), and the peak RSS of a fresh process that runs two steps of that variant (includes
-the allocator's retained memory; varies by some tens of MiB from run to run). Then the activation memory
+the allocator's retained memory, so it is a rough figure: the two channels_last variants of
+PartialNet-T0 at 224 px gave 1566-1685 MiB in four standalone children and 2.6-3.4 GiB inside
+`make bench` on 2026-12-06/07;
+"saved for backward" is the exact activation figure). Then the activation memory
 of each block type: the bytes autograd saves for backward in one forward of the block.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -31,10 +38,10 @@ import torch
 import torch.nn.functional as F
 
 import partialnet
-from partialnet.models.layers import PartialConv, PATChannel, PATSelf
+from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PointwiseConv2d
 from partialnet.training.optim import build_optimizer
 
-VARIANTS = ("before", "after_nchw", "after", "after_compile")
+VARIANTS = ("before", "after_nchw", "after_conv1x1", "after", "after_compile")
 
 
 class ReferencePATChannel(PATChannel):
@@ -65,6 +72,10 @@ def build(name: str, variant: str, seed: int = 0) -> torch.nn.Module:
     if variant == "after_nchw":
         return model
     model = model.to(memory_format=torch.channels_last)
+    if variant == "after_conv1x1":  # every 1x1 conv on PyTorch's conv kernel, never the small-map GEMM
+        for m in model.modules():
+            if isinstance(m, PointwiseConv2d):
+                m.forward = functools.partial(torch.nn.Conv2d.forward, m)
     if variant == "after_compile":
         model = torch.compile(model)
     return model
@@ -175,7 +186,7 @@ def main() -> None:
     if args.peak_variant:
         peak_rss_child(args.models[0], args.peak_variant, args.batch, args.size)
         return
-    variants = list(VARIANTS if args.compile else VARIANTS[:3])
+    variants = [v for v in VARIANTS if args.compile or v != "after_compile"]
     print(f"### Training step (forward + backward + AdamW), batch {args.batch}, {args.size}x{args.size}, fp32, "
           f"CPU, {torch.get_num_threads()} threads\n")
     print(f"{args.runs} timed steps per variant after {args.warmup} warm-up, variants interleaved. "
@@ -183,7 +194,8 @@ def main() -> None:
           "per-parameter loop; after = the current layers (shared srm_statistics with its one-pass "
           "backward, SRM conv as a matrix product, dense gradients into the split halves) with model and "
           "batch in channels_last and the project's optimizer (fused AdamW); after_nchw = the same on NCHW "
-          "tensors (what the layout alone adds).\n")
+          "tensors (what the layout alone adds); after_conv1x1 = after with every 1x1 conv on PyTorch's conv "
+          "kernel instead of the GEMM that PointwiseConv2d runs on maps up to 7x7.\n")
     print("| model | variant | step wall s (median, min-max) | step CPU s (median) | images/s (wall) | "
           "speed-up vs before (wall / CPU) | saved for backward MiB | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -212,6 +224,10 @@ def main() -> None:
             print(f"| {name} | {v} | {mw:.3f} ({min(wall[v]):.3f}-{max(wall[v]):.3f}) | {mc:.3f} | "
                   f"{args.batch / mw:.1f} | {sw:.2f}x / {sc:.2f}x | {'-' if act is None else f'{act:.0f}'} | "
                   f"{'-' if rss is None else f'{rss:.0f}'} |", flush=True)
+        if "after_conv1x1" in wall:
+            gain = statistics.median(wall["after_conv1x1"]) / statistics.median(wall["after"])
+            notes.append(f"{name}: the small-map GEMM of the 1x1 convs makes the step {gain:.2f}x faster "
+                         "(after_conv1x1 / after, median wall times)")
         for note in notes:
             print(f"\n{note}")
     print("\nActivation memory per block type (bytes autograd saves for backward in one train-mode "
