@@ -9,7 +9,9 @@ split (:func:`partialnet.models.layers.dense_grad.dense_grad`), with the model a
 channels_last; "after_nchw" is the same layers on NCHW tensors, to separate the two effects;
 "after_conv1x1" is "after" with the 1x1 convs on the conv kernel (what the small-map GEMM of
 :class:`~partialnet.models.layers.PointwiseConv2d` adds: at 224 px only the last stage and the
-head; ``--size 32 --batch 256``, the demo's shape, most of the network).
+head; ``--size 32 --batch 256``, the demo's shape, most of the network); "after_generic_gelu" is
+"after" with the MLP's GELU on the channels_last map itself, PyTorch's generic kernel (what
+:func:`~partialnet.models.layers.dense_activation` adds).
 ``--compile`` adds an "after + torch.compile" row (inductor on CPU; its compile time is printed).
 
 Steps of the variants are interleaved (before, after, before, ...) so that load from other
@@ -38,10 +40,16 @@ import torch
 import torch.nn.functional as F
 
 import partialnet
+from partialnet.models.backbone import Mlp
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PointwiseConv2d
 from partialnet.training.optim import build_optimizer
 
-VARIANTS = ("before", "after_nchw", "after_conv1x1", "after", "after_compile")
+VARIANTS = ("before", "after_nchw", "after_conv1x1", "after_generic_gelu", "after", "after_compile")
+# variant -> what "after" adds over it, printed as the ratio of the two median step times
+ISOLATED_GAINS = {
+    "after_conv1x1": "the small-map GEMM of the 1x1 convs",
+    "after_generic_gelu": "the MLP activation on the dense view of its channels_last map (dense_activation)",
+}
 
 
 class ReferencePATChannel(PATChannel):
@@ -61,6 +69,12 @@ class ReferencePATChannel(PATChannel):
         return self.srm_gate(self.srm_norm(self.srm_conv(stats)))
 
 
+def mlp_with_generic_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
+    """Mlp's forward with the activation called on the channels_last map itself (PyTorch's generic
+    CPU GELU kernel) instead of through dense_activation."""
+    return mlp.pat_sp(mlp.fc2(mlp.act(mlp.norm(mlp.fc1(x)))))
+
+
 def build(name: str, variant: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = partialnet.create_model(name, num_classes=1000).train()
@@ -76,6 +90,10 @@ def build(name: str, variant: str, seed: int = 0) -> torch.nn.Module:
         for m in model.modules():
             if isinstance(m, PointwiseConv2d):
                 m.forward = functools.partial(torch.nn.Conv2d.forward, m)
+    if variant == "after_generic_gelu":
+        for m in model.modules():
+            if isinstance(m, Mlp):
+                m.forward = functools.partial(mlp_with_generic_activation, m)
     if variant == "after_compile":
         model = torch.compile(model)
     return model
@@ -195,7 +213,8 @@ def main() -> None:
           "backward, SRM conv as a matrix product, dense gradients into the split halves) with model and "
           "batch in channels_last and the project's optimizer (fused AdamW); after_nchw = the same on NCHW "
           "tensors (what the layout alone adds); after_conv1x1 = after with every 1x1 conv on PyTorch's conv "
-          "kernel instead of the GEMM that PointwiseConv2d runs on maps up to 7x7.\n")
+          "kernel instead of the GEMM that PointwiseConv2d runs on maps up to 7x7; after_generic_gelu = after "
+          "with the MLP's GELU on the channels_last map itself instead of its dense view.\n")
     print("| model | variant | step wall s (median, min-max) | step CPU s (median) | images/s (wall) | "
           "speed-up vs before (wall / CPU) | saved for backward MiB | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -224,10 +243,10 @@ def main() -> None:
             print(f"| {name} | {v} | {mw:.3f} ({min(wall[v]):.3f}-{max(wall[v]):.3f}) | {mc:.3f} | "
                   f"{args.batch / mw:.1f} | {sw:.2f}x / {sc:.2f}x | {'-' if act is None else f'{act:.0f}'} | "
                   f"{'-' if rss is None else f'{rss:.0f}'} |", flush=True)
-        if "after_conv1x1" in wall:
-            gain = statistics.median(wall["after_conv1x1"]) / statistics.median(wall["after"])
-            notes.append(f"{name}: the small-map GEMM of the 1x1 convs makes the step {gain:.2f}x faster "
-                         "(after_conv1x1 / after, median wall times)")
+        for v, what in ISOLATED_GAINS.items():
+            if v in wall:
+                gain = statistics.median(wall[v]) / statistics.median(wall["after"])
+                notes.append(f"{name}: {what} makes the step {gain:.2f}x faster ({v} / after, median wall times)")
         for note in notes:
             print(f"\n{note}")
     print("\nActivation memory per block type (bytes autograd saves for backward in one train-mode "

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from partialnet.errors import UserError
 from partialnet.models.backbone import Mlp, PartialBlock, PartialChannelNet
 from partialnet.models.layers import (PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d,
-                                      euclidean_bucket_index, is_pointwise)
+                                      dense_activation, euclidean_bucket_index, is_pointwise)
 from partialnet.models.layers.srm_stats import srm_statistics
 from partialnet.utils.graph_capture import is_capturing_graph
 
@@ -377,14 +377,6 @@ class FusedMlp(nn.Module):
         self.register_buffer("attn_scale", None)  # set by fuse() when s_a is not folded into fc2
         self.forward_type = forward_type
 
-    def _activate(self, h: torch.Tensor, inplace: bool) -> torch.Tensor:
-        act = self.act
-        if inplace and type(act) is nn.GELU:
-            return torch.ops.aten.gelu_(h, approximate=act.approximate)
-        if inplace and type(act) is nn.ReLU:
-            return torch.relu_(h)
-        return act(h)
-
     def _gate(self, y_a: torch.Tensor) -> torch.Tensor:
         """hardsigmoid(gate_weight . X_a'), shape (B, 1, H, W)."""
         if y_a.dim() == 4 and y_a.stride(1) == 1:
@@ -396,7 +388,7 @@ class FusedMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inplace = _writes_in_place(self.forward_type)
-        y = self.fc2(self._activate(self.fc1(x), inplace))
+        y = self.fc2(dense_activation(self.act, self.fc1(x), inplace))
         if not self.pat_sp:
             return y
         c_a = self.dim_attn

@@ -23,6 +23,7 @@ import torch.nn as nn
 from partialnet.errors import UserError
 from partialnet.search.candidates import parse_number_list
 from partialnet.models.backbone import Mlp
+from partialnet.models.layers import dense_activation
 from partialnet.models.module_utils import init_weights_
 
 __all__ = ["DEFAULT_MLP_CANDIDATES", "parse_mlp_candidates", "hidden_widths", "act_name", "static_mlp", "MaskedMlp",
@@ -91,7 +92,7 @@ class MaskedMlp(nn.Module):
         if self.arch_weights is None:
             raise RuntimeError("MaskedMlp has no architecture weights; run it inside partialnet.search.arch_choice(...)")
         m = (self.arch_weights.to(self.band.dtype) @ self.band).to(x.dtype)
-        h = self.act(_masked_batch_norm(self.norm, self.fc1(x), m))
+        h = dense_activation(self.act, _masked_batch_norm(self.norm, self.fc1(x), m))
         return self.pat_sp(self.fc2(h * m.view(1, -1, 1, 1)))
 
     def extra_repr(self) -> str:

@@ -1,0 +1,48 @@
+"""Elementwise activations on a channels_last map, run over its dense (B, H, W, C) view.
+
+PyTorch's CPU GELU takes oneDNN's kernel only for a tensor that is contiguous in the default
+(NCHW) sense; a channels_last map, dense in memory but with other strides, falls back to a
+slower generic kernel (measured on 2 threads: forward + backward of a (32, 256, 14, 14) map
+5.3 -> 3.1 ms, a batch-1 (1, 64, 56, 56) map 270-360 -> 186 us). For a channels_last map,
+``x.permute(0, 2, 3, 1)`` is that same memory with default-contiguous strides, so the activation
+runs on it and the result is permuted back: the values are the activation's (oneDNN's GELU
+differs from the generic kernel by float rounding, under 1e-6), the output stays channels_last
+and autograd's backward runs on the dense view as well.
+
+Only on the CPU in eager mode: a graph capture (ONNX export, ``torch.compile``) sees the plain
+call, so exported graphs gain no transposes and a compiler fuses the activation itself.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from partialnet.utils.graph_capture import is_capturing_graph
+
+__all__ = ["dense_activation"]
+
+
+def _dense_view(x: torch.Tensor) -> torch.Tensor | None:
+    """``x.permute(0, 2, 3, 1)`` when that is x's memory in default-contiguous order and x is not
+    already default-contiguous (a CPU channels_last map larger than 1x1), else None."""
+    if x.dim() != 4 or not x.is_cpu or x.is_contiguous():
+        return None
+    if not x.is_contiguous(memory_format=torch.channels_last) or is_capturing_graph():
+        return None
+    return x.permute(0, 2, 3, 1)
+
+
+def dense_activation(act: nn.Module, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``act(x)`` for an elementwise ``act`` (GELU, ReLU, ...), run on the dense view of a
+    channels_last CPU map. With ``inplace=True`` a GELU or ReLU overwrites x and x is returned
+    (no autograd through it); any other activation returns a new tensor."""
+    view = _dense_view(x)
+    target = x if view is None else view
+    if inplace and type(act) is nn.GELU:
+        torch.ops.aten.gelu_(target, approximate=act.approximate)
+        return x
+    if inplace and type(act) is nn.ReLU:
+        torch.relu_(target)
+        return x
+    out = act(target)
+    return out if view is None else out.permute(0, 3, 1, 2)
