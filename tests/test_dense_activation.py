@@ -48,14 +48,19 @@ def test_other_inputs_are_passed_as_they_are():
         assert torch.equal(dense_activation(act, x), nn.GELU()(x))
     assert act.saw_contiguous == [True, True, True]
     strided = _cl(2, 8, 5, 4)[:, 2:]  # a channel slice: neither layout is dense
+    one_image = _cl(1, 6, 5, 4)  # one image at inference keeps the generic kernel
     act.saw_contiguous.clear()
     torch.testing.assert_close(dense_activation(act, strided), nn.GELU()(strided))
-    assert act.saw_contiguous == [False]
+    with torch.no_grad():
+        torch.testing.assert_close(dense_activation(act, one_image), nn.GELU()(one_image))
+    assert act.saw_contiguous == [False, False]
+    dense_activation(act, one_image.requires_grad_())  # ... but not in training
+    assert act.saw_contiguous == [False, False, True]
 
 
 def test_in_place_overwrites_the_input_and_returns_it():
     for act in (nn.GELU(), nn.GELU(approximate="tanh"), nn.ReLU()):
-        x = _cl(1, 6, 5, 4)
+        x = _cl(2, 6, 5, 4)
         expected = act(x.clone())
         with torch.no_grad():
             out = dense_activation(act, x, inplace=True)
@@ -65,7 +70,7 @@ def test_in_place_overwrites_the_input_and_returns_it():
 
 def test_a_traced_graph_has_no_transposes():
     act = nn.GELU()
-    graph = torch.jit.trace(lambda x: dense_activation(act, x), _cl(1, 6, 5, 4)).graph
+    graph = torch.jit.trace(lambda x: dense_activation(act, x), _cl(2, 6, 5, 4)).graph
     kinds = {node.kind() for node in graph.nodes()}
     assert "aten::gelu" in kinds and "aten::permute" not in kinds
 
