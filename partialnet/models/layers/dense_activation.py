@@ -7,9 +7,10 @@ slower generic kernel (measured on 2 threads: forward + backward of a (32, 256, 
 ``x.permute(0, 2, 3, 1)`` is that same memory with default-contiguous strides, so the activation
 runs on it and the result is permuted back: the values are the activation's (oneDNN's GELU
 differs from the generic kernel by float rounding, under 1e-6), the output stays channels_last
-and autograd's backward runs on the dense view as well. Whole models, 2 threads: the training
-step of PartialNet-T0 (batch 32, 224 px) 1.05x faster (``bench/train_step.py``), fused inference
-at batch 32 1.11x (FasterNet-T0 1.16x).
+and autograd's backward runs on the dense view as well. Whole models, 2 threads, A/B in one
+process: the training step of PartialNet-T0 (batch 32, 224 px) 1.02-1.06x faster over four runs
+(``bench/train_step.py``; neutral at the demo's 32 px), fused inference at batch 32 1.11x
+(FasterNet-T0 1.16x).
 
 One image at inference keeps the generic kernel: there the oneDNN call's fixed cost outweighs
 its speed on these small maps (fused PartialNet-T0 at batch 1 was 0.3-0.6 ms slower in total
