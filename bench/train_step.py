@@ -6,12 +6,7 @@ AdamW's per-parameter loop. The other variants use the project's optimizer (fuse
 "after" is the step with the current layers: the shared ``srm_statistics`` (one fused
 backward), the SRM (1, 2) conv as one matrix product, dense gradients into the halves of each
 split (:func:`partialnet.models.layers.dense_grad.dense_grad`), with the model and the batch in
-channels_last; "after_nchw" is the same layers on NCHW tensors, to separate the two effects;
-"after_conv1x1" is "after" with the 1x1 convs on the conv kernel (what the small-map GEMM of
-:class:`~partialnet.models.layers.PointwiseConv2d` adds: at 224 px only the last stage and the
-head; ``--size 32 --batch 256``, the demo's shape, most of the network); "after_generic_gelu" is
-"after" with the MLP's GELU on the channels_last map itself, PyTorch's generic kernel (what
-:func:`~partialnet.models.layers.dense_activation` adds).
+channels_last; "after_nchw" is the same layers on NCHW tensors, to separate the two effects.
 ``--compile`` adds an "after + torch.compile" row (inductor on CPU; its compile time is printed).
 
 Steps of the variants are interleaved (before, after, before, ...) so that load from other
@@ -22,12 +17,23 @@ step, exact), and the peak RSS of a fresh process that runs two steps of that va
 the allocator's retained memory, so it is a rough figure: the two channels_last variants of
 PartialNet-T0 at 224 px gave 1566-1685 MiB in four standalone children and 2.6-3.4 GiB inside
 `make bench` on 2026-12-06/07;
-"saved for backward" is the exact activation figure). Then the activation memory
-of each block type: the bytes autograd saves for backward in one forward of the block.
+"saved for backward" is the exact activation figure).
+
+Then what each single change inside "after" adds, measured on one "after" model whose steps
+alternate between the change switched off and on (``--pairs`` pairs; same weights, same
+optimizer, same memory, so the ratio does not depend on which model instance the machine ran
+faster, which moved such ratios by 10-30 % between separate-model runs of a noisy hour): the
+small-map GEMM of :class:`~partialnet.models.layers.PointwiseConv2d` (off: every 1x1 conv on
+PyTorch's conv kernel; at 224 px it covers only the last stage and the head, at ``--size 32
+--batch 256``, the demo's shape, most of the network) and the MLP's GELU on the dense view of its
+channels_last map (:func:`~partialnet.models.layers.dense_activation`; off: the GELU on the map
+itself, PyTorch's generic kernel). Last, the activation memory of each block type: the bytes
+autograd saves for backward in one forward of the block.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import resource
@@ -44,12 +50,7 @@ from partialnet.models.backbone import Mlp
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PointwiseConv2d
 from partialnet.training.optim import build_optimizer
 
-VARIANTS = ("before", "after_nchw", "after_conv1x1", "after_generic_gelu", "after", "after_compile")
-# variant -> what "after" adds over it, printed as the ratio of the two median step times
-ISOLATED_GAINS = {
-    "after_conv1x1": "the small-map GEMM of the 1x1 convs",
-    "after_generic_gelu": "the MLP activation on the dense view of its channels_last map (dense_activation)",
-}
+VARIANTS = ("before", "after_nchw", "after", "after_compile")
 
 
 class ReferencePATChannel(PATChannel):
@@ -69,10 +70,62 @@ class ReferencePATChannel(PATChannel):
         return self.srm_gate(self.srm_norm(self.srm_conv(stats)))
 
 
+@contextlib.contextmanager
+def conv1x1_on_conv_kernel(model: torch.nn.Module):
+    """Switch off the small-map GEMM: every PointwiseConv2d of ``model`` runs Conv2d's forward."""
+    convs = [m for m in model.modules() if isinstance(m, PointwiseConv2d)]
+    for m in convs:
+        m.forward = functools.partial(torch.nn.Conv2d.forward, m)
+    try:
+        yield
+    finally:
+        for m in convs:
+            del m.forward
+
+
 def mlp_with_generic_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
     """Mlp's forward with the activation called on the channels_last map itself (PyTorch's generic
     CPU GELU kernel) instead of through dense_activation."""
     return mlp.pat_sp(mlp.fc2(mlp.act(mlp.norm(mlp.fc1(x)))))
+
+
+@contextlib.contextmanager
+def generic_mlp_activation(model: torch.nn.Module):
+    """Switch off dense_activation in every Mlp of ``model``."""
+    mlps = [m for m in model.modules() if isinstance(m, Mlp)]
+    for m in mlps:
+        m.forward = functools.partial(mlp_with_generic_activation, m)
+    try:
+        yield
+    finally:
+        for m in mlps:
+            del m.forward
+
+
+# what "after" adds -> the context manager that switches it off
+CHANGES = {
+    "small-map GEMM of the 1x1 convs (PointwiseConv2d)": conv1x1_on_conv_kernel,
+    "MLP GELU on the dense view (dense_activation)": generic_mlp_activation,
+}
+
+
+def change_gains(step: "Step", pairs: int) -> list[str]:
+    """Table rows: for each change, median step wall time with it off and on, steps alternating
+    off, on, off, on ... on the one model of ``step`` (after one warm-up pair)."""
+    rows = []
+    for what, switched_off in CHANGES.items():
+        off, on = [], []
+        for i in range(pairs + 1):
+            with switched_off(step.model):
+                w_off = step()[0]
+            w_on = step()[0]
+            if i:
+                off.append(w_off)
+                on.append(w_on)
+        m_off, m_on = statistics.median(off), statistics.median(on)
+        rows.append(f"| {what} | {m_off:.3f} ({min(off):.3f}-{max(off):.3f}) | {m_on:.3f} ({min(on):.3f}-{max(on):.3f}) "
+                    f"| {m_off / m_on:.2f}x |")
+    return rows
 
 
 def build(name: str, variant: str, seed: int = 0) -> torch.nn.Module:
@@ -86,14 +139,6 @@ def build(name: str, variant: str, seed: int = 0) -> torch.nn.Module:
     if variant == "after_nchw":
         return model
     model = model.to(memory_format=torch.channels_last)
-    if variant == "after_conv1x1":  # every 1x1 conv on PyTorch's conv kernel, never the small-map GEMM
-        for m in model.modules():
-            if isinstance(m, PointwiseConv2d):
-                m.forward = functools.partial(torch.nn.Conv2d.forward, m)
-    if variant == "after_generic_gelu":
-        for m in model.modules():
-            if isinstance(m, Mlp):
-                m.forward = functools.partial(mlp_with_generic_activation, m)
     if variant == "after_compile":
         model = torch.compile(model)
     return model
@@ -197,6 +242,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--pairs", type=int, default=10, help="off/on step pairs per change in the change table")
     ap.add_argument("--compile", action="store_true", help="add an 'after + torch.compile' variant")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
     ap.add_argument("--_peak-rss", dest="peak_variant", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -212,9 +258,7 @@ def main() -> None:
           "per-parameter loop; after = the current layers (shared srm_statistics with its one-pass "
           "backward, SRM conv as a matrix product, dense gradients into the split halves) with model and "
           "batch in channels_last and the project's optimizer (fused AdamW); after_nchw = the same on NCHW "
-          "tensors (what the layout alone adds); after_conv1x1 = after with every 1x1 conv on PyTorch's conv "
-          "kernel instead of the GEMM that PointwiseConv2d runs on maps up to 7x7; after_generic_gelu = after "
-          "with the MLP's GELU on the channels_last map itself instead of its dense view.\n")
+          "tensors (what the layout alone adds).\n")
     print("| model | variant | step wall s (median, min-max) | step CPU s (median) | images/s (wall) | "
           "speed-up vs before (wall / CPU) | saved for backward MiB | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -243,12 +287,14 @@ def main() -> None:
             print(f"| {name} | {v} | {mw:.3f} ({min(wall[v]):.3f}-{max(wall[v]):.3f}) | {mc:.3f} | "
                   f"{args.batch / mw:.1f} | {sw:.2f}x / {sc:.2f}x | {'-' if act is None else f'{act:.0f}'} | "
                   f"{'-' if rss is None else f'{rss:.0f}'} |", flush=True)
-        for v, what in ISOLATED_GAINS.items():
-            if v in wall:
-                gain = statistics.median(wall[v]) / statistics.median(wall["after"])
-                notes.append(f"{name}: {what} makes the step {gain:.2f}x faster ({v} / after, median wall times)")
         for note in notes:
             print(f"\n{note}")
+        print(f"\nWhat each change inside 'after' adds to {name}'s step: one 'after' model, steps alternating "
+              f"with the change off and on, {args.pairs} pairs after one warm-up pair.\n")
+        print("| change | step wall s without (median, min-max) | with | speed-up |")
+        print("|---|---|---|---|")
+        for row in change_gains(steps["after"], args.pairs):
+            print(row, flush=True)
     print("\nActivation memory per block type (bytes autograd saves for backward in one train-mode "
           f"forward of the block, batch {args.batch}, channels_last):\n")
     print("| block | stage-1 size (C=32, 56x56) | stage-4 size (C=256, 7x7) |")
