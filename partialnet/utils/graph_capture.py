@@ -1,7 +1,7 @@
 """Whether the current forward is being captured into a graph rather than run eagerly.
 
-Several inference paths (the batch-1 GEMM form of 1x1 convs, the token-matrix SRM statistics,
-the token form of the fused attention) are eager-only rewrites of the same arithmetic; a graph
+Several fast paths (the GEMM form of 1x1 convs, the token-matrix SRM statistics, activations on
+the dense view of a channels_last map) are eager-only rewrites of the same arithmetic; a graph
 capture (TorchScript tracing, which ``torch.onnx.export(..., dynamo=False)`` uses, scripting,
 ``torch.compile`` and ``torch.export``) must see the plain form so that exported graphs keep
 their Conv nodes and a compiler sees the ops it fuses. ``torch.onnx.is_in_onnx_export()`` is
