@@ -4,7 +4,7 @@
 
 Measures, on the first CUDA device:
 
-- training images/s (forward + backward + AdamW, --train-batch) of PartialNet-T0/T1 and
+- training images/s (forward + backward + the project's AdamW, fused, --train-batch) of PartialNet-T0/T1 and
   FasterNet-T0 in fp32 and bf16-mixed (autocast), NCHW and channels_last, eager and
   ``torch.compile`` (compiled cells: channels_last only; their compile time is printed), with
   the peak memory of the step (``torch.cuda.max_memory_allocated``);
@@ -69,12 +69,13 @@ def _median_time(fn, warmup: int, runs: int, dev: torch.device) -> list[float]:
 
 def train_cell(name: str, precision: str, channels_last: bool, compiled: bool, args, dev: torch.device) -> dict:
     import partialnet
+    from partialnet.training.optim import build_optimizer
 
     torch.manual_seed(0)
     model = partialnet.create_model(name, num_classes=1000).to(dev).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = build_optimizer(model, {"name": "adamw", "weight_decay": 0.05}, 1e-3)  # the project's (fused AdamW)
     x = torch.randn(args.train_batch, 3, 224, 224, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (args.train_batch,), device=dev)
     net = torch.compile(model) if compiled else model
