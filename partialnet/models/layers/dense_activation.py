@@ -12,9 +12,10 @@ process: the training step of PartialNet-T0 (batch 32, 224 px) 1.02-1.06x faster
 (``bench/train_step.py``; neutral at the demo's 32 px), fused inference at batch 32 1.11x
 (FasterNet-T0 1.16x).
 
-One image at inference keeps the generic kernel: there the oneDNN call's fixed cost outweighs
-its speed on these small maps (fused PartialNet-T0 at batch 1 was 0.3-0.6 ms slower in total
-with it, in A/B runs in one process).
+One image at inference keeps the generic kernel: with the dense view, fused PartialNet-T0 at
+batch 1 was 0.3-0.6 ms slower per forward in A/B runs in one process, although its GELU calls
+themselves were faster (1.16 vs 1.35 ms per forward, profiler, 1 thread); the other ops slowed
+down, for a reason not pinned down.
 
 Only on the CPU in eager mode: a graph capture (ONNX export, ``torch.compile``) sees the plain
 call, so exported graphs gain no transposes and a compiler fuses the activation itself.
