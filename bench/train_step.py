@@ -70,53 +70,40 @@ class ReferencePATChannel(PATChannel):
         return self.srm_gate(self.srm_norm(self.srm_conv(stats)))
 
 
-@contextlib.contextmanager
-def conv1x1_on_conv_kernel(model: torch.nn.Module):
-    """Switch off the small-map GEMM: every PointwiseConv2d of ``model`` runs Conv2d's forward."""
-    convs = [m for m in model.modules() if isinstance(m, PointwiseConv2d)]
-    for m in convs:
-        m.forward = functools.partial(torch.nn.Conv2d.forward, m)
-    try:
-        yield
-    finally:
-        for m in convs:
-            del m.forward
-
-
 def mlp_with_generic_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
     """Mlp's forward with the activation called on the channels_last map itself (PyTorch's generic
     CPU GELU kernel) instead of through dense_activation."""
     return mlp.pat_sp(mlp.fc2(mlp.act(mlp.norm(mlp.fc1(x)))))
 
 
+# what "after" adds -> (the modules that carry it, the forward that runs them without it)
+CHANGES = {
+    "small-map GEMM of the 1x1 convs (PointwiseConv2d)": (PointwiseConv2d, torch.nn.Conv2d.forward),
+    "MLP GELU on the dense view (dense_activation)": (Mlp, mlp_with_generic_activation),
+}
+
+
 @contextlib.contextmanager
-def generic_mlp_activation(model: torch.nn.Module):
-    """Switch off dense_activation in every Mlp of ``model``."""
-    mlps = [m for m in model.modules() if isinstance(m, Mlp)]
-    for m in mlps:
-        m.forward = functools.partial(mlp_with_generic_activation, m)
+def forward_replaced(model: torch.nn.Module, cls: type, forward):
+    """Every ``cls`` module of ``model`` runs ``forward(module, x)`` inside the block, its own after."""
+    mods = [m for m in model.modules() if isinstance(m, cls)]
+    for m in mods:
+        m.forward = functools.partial(forward, m)
     try:
         yield
     finally:
-        for m in mlps:
+        for m in mods:
             del m.forward
-
-
-# what "after" adds -> the context manager that switches it off
-CHANGES = {
-    "small-map GEMM of the 1x1 convs (PointwiseConv2d)": conv1x1_on_conv_kernel,
-    "MLP GELU on the dense view (dense_activation)": generic_mlp_activation,
-}
 
 
 def change_gains(step: "Step", pairs: int) -> list[str]:
     """Table rows: for each change, median step wall time with it off and on, steps alternating
     off, on, off, on ... on the one model of ``step`` (after one warm-up pair)."""
     rows = []
-    for what, switched_off in CHANGES.items():
+    for what, (cls, forward_without) in CHANGES.items():
         off, on = [], []
         for i in range(pairs + 1):
-            with switched_off(step.model):
+            with forward_replaced(step.model, cls, forward_without):
                 w_off = step()[0]
             w_on = step()[0]
             if i:
@@ -247,6 +234,14 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
     ap.add_argument("--_peak-rss", dest="peak_variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    bad = [f"--{f} {getattr(args, f)} must be at least {low}"
+           for f, low in (("runs", 1), ("pairs", 1), ("batch", 1), ("size", 32), ("warmup", 0)) if getattr(args, f) < low]
+    unknown = sorted(set(args.models) - set(partialnet.list_models()))
+    if unknown:
+        bad.append(f"unknown model(s) {', '.join(unknown)}; see partialnet.list_models()")
+    if bad:
+        print(f"error: {'; '.join(bad)}", file=sys.stderr)
+        sys.exit(2)
     if args.peak_variant:
         peak_rss_child(args.models[0], args.peak_variant, args.batch, args.size)
         return
