@@ -125,6 +125,64 @@ def test_fused_batch1_eval_at_224_and_other_sizes():
         assert_equivalent(model, fused, torch.randn(1, 3, *hw))
 
 
+@pytest.mark.parametrize(
+    "name, kwargs, size",
+    [
+        ("fasternet_t0", {}, 96),
+        ("patnet_t0", dict(pat_sp=False), 64),
+        ("partialnet_t0", dict(split_ratio=0.125), 64),
+        ("partialnet_t0", {}, 32),  # the last stage on a 1x1 map
+        ("partialnet_t0", dict(small_input=True), 32),
+        ("partialnet_t0", dict(act_layer="relu"), 64),
+        ("partialnet_t0", dict(act_layer=nn.SiLU), 64),  # an activation without an in-place form here
+    ],
+)
+def test_fused_batch1_eval_configs(name, kwargs, size):
+    model = build(name, seed=12, **kwargs)
+    assert_equivalent(model, fuse(model), torch.randn(1, 3, size, size))
+
+
+def test_batch1_inference_runs_on_the_token_matrix(monkeypatch):
+    """For one image every fused PAT_ch, MLP and PAT_sf works on the (H*W, C) token matrix (each
+    one's output stays channels_last, so the next one can too): PAT_ch and the MLP in the in-place
+    form without autograd, PAT_sf in any eager form. Two images or a graph capture run the other forms."""
+    model = build("partialnet_t0", seed=13)
+    with torch.no_grad():  # one PAT_sp BN scale at 0: the MLP that keeps the scale apart, in this path too
+        model.stages[1].blocks[0].mlp.pat_sp.attn_norm.weight[2] = 0.0
+    fused = fuse(model)
+    calls = {}
+
+    def spy(cls, name):
+        real = getattr(cls, name)
+
+        def wrapped(self, *args):
+            calls[cls.__name__] = calls.get(cls.__name__, 0) + 1
+            return real(self, *args)
+
+        monkeypatch.setattr(cls, name, wrapped)
+
+    spy(FusedPATChannel, "_forward_tokens")
+    spy(FusedMlp, "_forward_tokens")
+    spy(FusedPATSelf, "attention_tokens")
+    counts = {c.__name__: sum(isinstance(m, c) for m in fused.modules()) for c in (FusedPATChannel, FusedMlp, FusedPATSelf)}
+    assert all(counts.values())
+    one = torch.randn(1, 3, 96, 96)
+    assert_equivalent(model, fused, one)  # logits and features, in the slicing and the split_cat form
+    # PAT_ch and the MLP write into their own intermediates: the slicing form only; PAT_sf does not
+    expected = {k: (4 if k == "FusedPATSelf" else 2) * v for k, v in counts.items()}
+    assert calls == expected
+    calls.clear()
+    with torch.no_grad():
+        fused(torch.randn(2, 3, 96, 96))
+    assert calls == {}
+    out = fused(one)  # autograd on: no in-place writes, so neither PAT_ch nor the MLP take the token form
+    assert out.requires_grad and set(calls) <= {"FusedPATSelf"}
+    calls.clear()
+    with torch.no_grad():
+        torch.jit.trace(fused, (one,), check_trace=False)
+    assert calls == {}
+
+
 def test_fused_train_mode_input_and_grad_mode():
     """BNs fold with running stats (eval semantics) even when the input model is in train mode;
     with autograd on, the fused model runs out of place and still agrees."""

@@ -1,7 +1,8 @@
 """Whether the current forward is being captured into a graph rather than run eagerly.
 
-Several fast paths (the GEMM form of 1x1 convs, the token-matrix SRM statistics, activations on
-the dense view of a channels_last map) are eager-only rewrites of the same arithmetic; a graph
+Several fast paths (the GEMM form of 1x1 convs, the token-matrix forms of one image: the SRM
+statistics and the fused PAT_ch, MLP and PAT_sf; activations on the dense view of a channels_last
+map) are eager-only rewrites of the same arithmetic; a graph
 capture (TorchScript tracing, which ``torch.onnx.export(..., dynamo=False)`` uses, scripting,
 ``torch.compile`` and ``torch.export``) must see the plain form so that exported graphs keep
 their Conv nodes and a compiler sees the ops it fuses. ``torch.onnx.is_in_onnx_export()`` is

@@ -22,17 +22,18 @@ autograd would otherwise record; it saves only the input and the two (B, C) resu
 
 At inference on one image whose channels are the innermost dimension (a channels_last map or
 a channel slice of one, as in the fused model), the map is read as its (H*W, C) token matrix
-and both spatial sums are matrix-vector products with a constant vector (``1/n`` for the mean,
-``1/(n-1)`` for the variance): the same two passes in fewer operator calls, which is what a
-batch-1 forward on the CPU pays for (``bench/runtimes.py``).
+(:mod:`.token_view`) and both spatial sums are products with a constant row (``1/n`` for the
+mean, ``1/(n-1)`` for the variance): the same two passes in fewer operator calls, which is what
+a batch-1 forward on the CPU pays for (``bench/runtimes.py``). :func:`token_mean_std` is that form,
+for callers that already hold the token matrix.
 """
 from __future__ import annotations
 
 import torch
 
-from partialnet.utils.graph_capture import is_capturing_graph
+from partialnet.models.layers.token_view import token_matrix
 
-__all__ = ["srm_statistics"]
+__all__ = ["srm_statistics", "token_mean_std"]
 
 
 def _mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,24 +72,16 @@ class _MeanStd(torch.autograd.Function):
         return torch.addcmul(shift[:, :, None, None], x, coef[:, :, None, None]), None
 
 
-def _token_matrix(x: torch.Tensor) -> torch.Tensor | None:
-    """The (H*W, C) view of a (1, C, H, W) map whose channels are innermost, or None (no copy made)."""
-    if x.shape[0] != 1 or x.stride(1) != 1 or x.stride(2) != x.stride(3) * x.shape[3]:
-        return None
-    if is_capturing_graph():
-        return None  # keep exported and compiled graphs in the plain reduction form
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
-def _token_mean_std(t: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two-pass ``(mean, std)`` of a (n, C) token matrix (n >= 2) as (1, C) each, via matrix-vector products."""
-    n = t.shape[0]
-    weights = torch.full((n,), 1.0 / n, dtype=t.dtype, device=t.device)
-    mean = torch.mv(t.t(), weights)
-    d = t - mean
+def token_mean_std(tokens: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-pass ``(mean, std)`` per column of an (n, C) token matrix (n >= 2), as (1, C) each: each
+    pass is one (1, n) x (n, C) matrix product with a constant row (``1/n``, then ``1/(n-1)``)."""
+    n = tokens.shape[0]
+    weights = torch.full((1, n), 1.0 / n, dtype=tokens.dtype, device=tokens.device)
+    mean = torch.mm(weights, tokens)
+    d = tokens - mean
     d.mul_(d)
-    var = torch.mv(d.t(), weights.fill_(1.0 / (n - 1)))
-    return mean[None], var.clamp_min_(eps).sqrt_()[None]
+    var = torch.mm(weights.fill_(1.0 / (n - 1)), d)
+    return mean, var.clamp_min_(eps).sqrt_()
 
 
 def srm_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +91,7 @@ def srm_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Ten
     if torch.is_grad_enabled() and x.requires_grad:
         if not torch.compiler.is_compiling():  # (a compiler fuses the plain form itself)
             return _MeanStd.apply(x, float(eps))
-    elif x.shape[-2] * x.shape[-1] > 1 and (tokens := _token_matrix(x)) is not None:
-        return _token_mean_std(tokens, float(eps))
+    elif x.shape[-2] * x.shape[-1] > 1 and (tokens := token_matrix(x)) is not None:
+        return token_mean_std(tokens, float(eps))
     mean, var = _mean_var(x)
     return mean, var.clamp_min(eps).sqrt()
