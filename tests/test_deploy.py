@@ -183,6 +183,25 @@ def test_batch1_inference_runs_on_the_token_matrix(monkeypatch):
     assert calls == {}
 
 
+def test_batch1_token_form_follows_new_weights():
+    """PAT_ch's token form keeps constants derived from its SRM weight; weights loaded into the
+    fused model, or changed in place, are used at once, and another input size works too."""
+    a, b = build("partialnet_t0", seed=14), build("partialnet_t0", seed=15)
+    fused_a, fused_b = fuse(a), fuse(b)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fused_a(x)  # fills the constants for a's weights
+        fused_a.load_state_dict(fused_b.state_dict())
+        assert (fused_a(x) - fused_b(x)).abs().max().item() == 0
+        for m in (fused_a, fused_b):
+            next(mod for mod in m.modules() if isinstance(mod, FusedPATChannel)).srm.weight.mul_(1.5)
+        assert (fused_a(x) - fused_b(x)).abs().max().item() == 0
+        assert not torch.equal(fused_a(x), fuse(b)(x))  # the in-place change took effect
+        y = torch.randn(1, 3, 96, 80)
+        assert (fused_a(y) - fused_b(y)).abs().max().item() == 0
+    assert_equivalent(b, fuse(b), x)
+
+
 def test_fused_train_mode_input_and_grad_mode():
     """BNs fold with running stats (eval semantics) even when the input model is in train mode;
     with autograd on, the fused model runs out of place and still agrees."""

@@ -59,7 +59,7 @@ from partialnet.errors import UserError
 from partialnet.models.backbone import Mlp, PartialBlock, PartialChannelNet
 from partialnet.models.layers import (PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d,
                                       dense_activation, euclidean_bucket_index, is_pointwise)
-from partialnet.models.layers.srm_stats import srm_statistics, token_mean_std
+from partialnet.models.layers.srm_stats import averaging_rows, srm_statistics, token_mean_std
 from partialnet.models.layers.token_view import token_map, token_matrix
 from partialnet.utils.graph_capture import is_capturing_graph
 
@@ -196,6 +196,7 @@ class FusedPATChannel(nn.Module):
         self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
         self.srm = nn.Linear(2 * self.dim_untouched, self.dim_untouched)
         self.forward_type = forward_type
+        self._token_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     @classmethod
     def from_layer(cls, layer: PATChannel, forward_type: str = "slicing") -> "FusedPATChannel":
@@ -227,12 +228,28 @@ class FusedPATChannel(nn.Module):
             return out
         return self._forward_full_width(x)
 
+    def _token_constants(self, n: int) -> tuple[torch.Tensor, ...]:
+        """For the token form at n positions: the two averaging rows and the SRM weight's mean and
+        std halves, transposed. Kept for one size and one version of the weight (new weights, or
+        weights changed in place, recompute them); not part of the state dict."""
+        w = self.srm.weight
+        key = (n, w.dtype, w.device, w.data_ptr(), w._version)
+        consts = self._token_cache.get(key)
+        if consts is None:
+            with torch.no_grad():
+                cu = self.dim_untouched
+                consts = (*averaging_rows(n, w), w[:, :cu].t().contiguous(), w[:, cu:].t().contiguous())
+            self._token_cache = {key: consts}
+        return consts
+
     def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """One image: statistics, gate and product on the (H*W, C) token matrix of x (no permutes,
-        no unsqueezes), then one concatenation with the conv half; the output is channels_last."""
+        no unsqueezes, the SRM Linear as two products with its cached halves), then one
+        concatenation with the conv half; the output is channels_last."""
+        mean_row, var_row, w_mean, w_std = self._token_constants(tokens.shape[0])
         t_u = tokens[:, self.dim_conv :]
-        mean, std = token_mean_std(t_u, self.std_eps)
-        g = F.hardsigmoid(F.linear(torch.cat((mean, std), dim=1), self.srm.weight, self.srm.bias), inplace=True)
+        mean, std = token_mean_std(t_u, self.std_eps, (mean_row, var_row))
+        g = F.hardsigmoid(torch.addmm(self.srm.bias, mean, w_mean).addmm_(std, w_std), inplace=True)
         y_u = token_map(t_u * g, x.shape[2], x.shape[3])
         return torch.cat((self.conv(x[:, : self.dim_conv]), y_u), dim=1)
 

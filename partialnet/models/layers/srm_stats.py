@@ -33,7 +33,7 @@ import torch
 
 from partialnet.models.layers.token_view import token_matrix
 
-__all__ = ["srm_statistics", "token_mean_std"]
+__all__ = ["srm_statistics", "token_mean_std", "averaging_rows"]
 
 
 def _mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,16 +72,21 @@ class _MeanStd(torch.autograd.Function):
         return torch.addcmul(shift[:, :, None, None], x, coef[:, :, None, None]), None
 
 
-def token_mean_std(tokens: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def averaging_rows(n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two constant (1, n) rows of :func:`token_mean_std`: ``1/n`` and ``1/(n-1)``."""
+    return like.new_full((1, n), 1.0 / n), like.new_full((1, n), 1.0 / (n - 1))
+
+
+def token_mean_std(tokens: torch.Tensor, eps: float,
+                   rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Two-pass ``(mean, std)`` per column of an (n, C) token matrix (n >= 2), as (1, C) each: each
-    pass is one (1, n) x (n, C) matrix product with a constant row (``1/n``, then ``1/(n-1)``)."""
-    n = tokens.shape[0]
-    weights = torch.full((1, n), 1.0 / n, dtype=tokens.dtype, device=tokens.device)
-    mean = torch.mm(weights, tokens)
+    pass is one (1, n) x (n, C) matrix product with a constant row (``1/n``, then ``1/(n-1)``);
+    ``rows`` are those two rows when the caller keeps them (:func:`averaging_rows`)."""
+    mean_row, var_row = averaging_rows(tokens.shape[0], tokens) if rows is None else rows
+    mean = torch.mm(mean_row, tokens)
     d = tokens - mean
     d.mul_(d)
-    var = torch.mm(weights.fill_(1.0 / (n - 1)), d)
-    return mean, var.clamp_min_(eps).sqrt_()
+    return mean, torch.mm(var_row, d).clamp_min_(eps).sqrt_()
 
 
 def srm_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
