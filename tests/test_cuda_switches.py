@@ -64,3 +64,24 @@ def test_sync_batchnorm_under_ddp(tmp_path, monkeypatch):
             dist.destroy_process_group()
     assert seen["sync_bn"] > 0 and seen["bn"] == 0, seen
     assert _last(tmp_path)["global_step"] == 3
+
+
+@pytest.mark.parametrize("name", ["partialnet_t0", "fasternet_t0"])
+def test_fused_model_on_cuda_matches_cpu(name, monkeypatch):
+    """The fused deploy form on the GPU (one image, which takes the token-matrix forms, and a
+    batch) gives the CPU eval model's outputs (TF32 off, so that fp32 means fp32)."""
+    import partialnet
+    from partialnet.deploy import fuse
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+    torch.manual_seed(0)
+    model = partialnet.create_model(name).eval()
+    fused = fuse(model).cuda()
+    for batch in (1, 4):
+        x = torch.randn(batch, 3, 96, 96)
+        with torch.inference_mode():
+            ref = model(x)
+            out = fused(x.cuda()).cpu()
+        assert (out - ref).abs().max().item() <= 1e-3, batch
