@@ -152,7 +152,9 @@ def main(argv=None) -> int:
     since = cpu_snapshot()
     runtimes = ["eager", "onnxruntime", "openvino"] + (["compile"] if args.compile else [])
     print(f"### Inference runtimes (CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, {threads} thread(s), fp32, "
-          f"{args.size}px)\n\nload average before: {load_avg()}\n")
+          f"{args.size}px)\n\nload average before: {load_avg()}; OMP_WAIT_POLICY: "
+          f"{os.environ.get('OMP_WAIT_POLICY', 'not set (the default)')} (eager batch-1 latency depends on it, "
+          f"see the README)\n")
 
     mm, conv = matmul_rate(7), conv1x1_rate(7)
     peak = max(mm["median"], conv["median"])
