@@ -367,15 +367,15 @@ class FusedPATSelf(nn.Module):
 
     def attention_tokens(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The same MHSA for one image, on its (H*W, C_u) token matrix; returns (H*W, C_u). The
-        projections are plain ``F.linear`` calls and the position bias enters the first batched
+        projections are plain matrix products (``PointwiseConv2d.linear``) and the position bias enters the first batched
         product (``baddbmm``): about half the operator calls of :meth:`attention`."""
         n, c = tokens.shape
         t = F.layer_norm(tokens, (c,), eps=self.ln_eps)
-        qkv = F.linear(t, self.qkv.weight.flatten(1), self.qkv.bias)
+        qkv = self.qkv.linear(t)
         q, k, v = qkv.view(n, 3, self.num_heads, self.head_dim).permute(1, 2, 0, 3).unbind(0)  # (heads, n, d)
         attn = torch.baddbmm(self.rpe_bias(height, width), q, k.transpose(1, 2)).softmax(dim=-1)
         out = (attn @ v).transpose(0, 1).reshape(n, c)
-        return F.linear(out, self.proj.weight.flatten(1), self.proj.bias)
+        return self.proj.linear(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (tokens := token_matrix(x)) is not None:  # one image (eager)
@@ -416,7 +416,7 @@ class FusedMlp(nn.Module):
         self.dim = fc2.out_channels
         self.dim_attn = int(dim_attn)
         self.pat_sp = self.dim_attn > 0
-        self.pointwise = is_pointwise(fc1) and is_pointwise(fc2)  # (the token form reads them as matrices)
+        self.pointwise = isinstance(fc1, PointwiseConv2d) and isinstance(fc2, PointwiseConv2d)  # (the token form)
         like = dict(dtype=fc2.weight.dtype, device=fc2.weight.device)
         if self.pat_sp:
             self.register_buffer("gate_weight", torch.zeros(1, self.dim_attn, **like))
@@ -427,13 +427,27 @@ class FusedMlp(nn.Module):
         self.forward_type = forward_type
 
     def _gate(self, y_a: torch.Tensor) -> torch.Tensor:
-        """hardsigmoid(gate_weight . X_a'), shape (B, 1, H, W)."""
-        if y_a.dim() == 4 and y_a.stride(1) == 1:
+        """hardsigmoid(gate_weight . X_a'): (B, 1, H, W) for a map, (H*W, 1) for a token matrix."""
+        if y_a.dim() == 2:
+            logit = F.linear(y_a, self.gate_weight)
+        elif y_a.stride(1) == 1:
             # channels_last slice: a matrix-vector product on the (B, H, W, C_a) view, no copy
             logit = F.linear(y_a.permute(0, 2, 3, 1), self.gate_weight).permute(0, 3, 1, 2)
         else:
             logit = F.conv2d(y_a, self.gate_weight[:, :, None, None])
-        return F.hardsigmoid(logit)
+        return F.hardsigmoid(logit, inplace=True)
+
+    def _finish_attention_half(self, y_a: torch.Tensor) -> None:
+        """In place, no autograd: ``y_a = y_a * gate(y_a) [* attn_scale] + attn_shift``, for y_a the
+        attention half of a map or of a token matrix."""
+        g = self._gate(y_a)
+        per_channel = (1, -1) if y_a.dim() == 2 else self.attn_shift.shape
+        shift = self.attn_shift.view(per_channel)
+        if self.attn_scale is None:
+            torch.addcmul(shift, y_a, g, out=y_a)
+        else:
+            y_a.mul_(g)
+            torch.addcmul(shift, y_a, self.attn_scale.view(per_channel), out=y_a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inplace = _writes_in_place(self.forward_type)
@@ -444,13 +458,7 @@ class FusedMlp(nn.Module):
             return y
         c_a = self.dim_attn
         if inplace:
-            y_a = y[:, :c_a]
-            g = self._gate(y_a)
-            if self.attn_scale is None:
-                torch.addcmul(self.attn_shift, y_a, g, out=y_a)
-            else:
-                y_a.mul_(g)
-                torch.addcmul(self.attn_shift, y_a, self.attn_scale, out=y_a)
+            self._finish_attention_half(y[:, :c_a])
             return y
         # Out-of-place (export) form without a split: the gate's 1x1 conv reads all channels (zero
         # weight on the conv half) and one elementwise pass finishes the attention half and leaves
@@ -465,26 +473,19 @@ class FusedMlp(nn.Module):
         return y * (g * on + off) + torch.cat((self.attn_shift, pad), dim=1)
 
     def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """One image, in place: both 1x1 convs as ``F.linear`` on the (H*W, C) token matrix, the
+        """One image, in place: both 1x1 convs as matrix products on the (H*W, C) token matrix, the
         activation and the PAT_sp half in the hidden/output matrices themselves; the result is
         returned as a channels_last map view of the output matrix."""
-        h = F.linear(tokens, self.fc1.weight.flatten(1), self.fc1.bias)
+        h = self.fc1.linear(tokens)
         # the activation on the hidden map view: one image keeps PyTorch's generic CPU kernel, which
         # measured faster here than oneDNN's on the matrix itself (see dense_activation)
         h_map = token_map(h, x.shape[2], x.shape[3])
         a_map = dense_activation(self.act, h_map, inplace=True)
         if a_map is not h_map:  # an activation without an in-place form
             h = a_map.permute(0, 2, 3, 1).reshape(h.shape)
-        y = F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias)
+        y = self.fc2.linear(h)
         if self.pat_sp:
-            y_a = y[:, : self.dim_attn]
-            g = F.hardsigmoid(F.linear(y_a, self.gate_weight), inplace=True)  # (H*W, 1)
-            shift = self.attn_shift.view(1, -1)
-            if self.attn_scale is None:
-                torch.addcmul(shift, y_a, g, out=y_a)
-            else:
-                y_a.mul_(g)
-                torch.addcmul(shift, y_a, self.attn_scale.view(1, -1), out=y_a)
+            self._finish_attention_half(y[:, : self.dim_attn])
         return token_map(y, x.shape[2], x.shape[3])
 
     def extra_repr(self) -> str:

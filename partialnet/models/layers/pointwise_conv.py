@@ -50,8 +50,11 @@ class PointwiseConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
+    def linear(self, tokens: torch.Tensor) -> torch.Tensor:
+        """This conv on a token matrix whose last dimension is the input channels: ``F.linear``."""
+        return F.linear(tokens, self.weight.flatten(1), self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _takes_gemm(x):
-            weight = self.weight.reshape(self.out_channels, self.in_channels)
-            return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
+            return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return super().forward(x)
