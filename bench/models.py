@@ -54,6 +54,19 @@ ELEMENTWISE_OPS = (
 TARGET_MM_FRACTION = 0.60
 
 
+def exit_on_bad_args(args, minimums: dict[str, int], models=()) -> None:
+    """Exit with code 2 and one line naming every option below its minimum (``{dest: minimum}``;
+    None means "not given") and every unknown model name, with the fix; return if all are good."""
+    bad = [f"--{dest.replace('_', '-')} {getattr(args, dest)} must be at least {low}"
+           for dest, low in minimums.items() if getattr(args, dest) is not None and getattr(args, dest) < low]
+    unknown = sorted(set(models) - set(partialnet.list_models()))
+    if unknown:
+        bad.append(f"unknown model(s) {', '.join(unknown)}; see partialnet.list_models()")
+    if bad:
+        print(f"error: {'; '.join(bad)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -311,11 +324,8 @@ def main(argv=None) -> int:
         help="torch threads for the profiler breakdown (default 1: op shares are least distorted by other load)",
     )
     args = p.parse_args(argv)
-    known = set(partialnet.list_models())
-    bad = [m for m in args.models if m not in known]
-    if bad:
-        print(f"error: unknown model(s) {', '.join(bad)}; see partialnet.list_models()", file=sys.stderr)
-        return 2
+    exit_on_bad_args(args, {"runs": 1, "warmup": 0, "batch": 1, "size": 32, "threads": 1, "profile_iters": 1},
+                     args.models)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

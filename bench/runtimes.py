@@ -11,7 +11,9 @@ the machine's matmul / 1x1-conv rate that the best runtime reaches.
 3. Batch-1 latency, fused, per runtime: PartialNet-T0 vs FasterNet-T0 and PartialNet-T1 vs
    FasterNet-T1, timed round-robin in this one process; wall time and process CPU time (the
    steadier figure when other processes share the CPUs).
-4. Where the time goes at batch 1 (eager, torch.profiler self CPU time by kind of op) for
+4. What the one-image token-matrix forms of the fused modules change: eager batch-1 latency of
+   PartialNet-T0 and FasterNet-T0 with those forms switched off and on, forwards interleaved.
+5. Where the time goes at batch 1 (eager, torch.profiler self CPU time by kind of op) for
    fused PartialNet-T0 and FasterNet-T0.
 
 Every runtime's outputs are checked against the model's eval outputs (max |diff| <= 1e-4)
@@ -20,6 +22,7 @@ before it is timed (partialnet.measure.runtimes.check_runner).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -36,8 +39,9 @@ for p in (str(HERE.parent), str(HERE)):
 
 import partialnet  # noqa: E402
 from models import (  # noqa: E402  (bench/models.py)
-    busy_warning, conv1x1_rate, cpu_name, cpu_snapshot, load_avg, matmul_rate, op_kind, other_cpu_share)
-from partialnet.deploy import fuse  # noqa: E402
+    busy_warning, conv1x1_rate, cpu_name, cpu_snapshot, exit_on_bad_args, load_avg, matmul_rate, op_kind,
+    other_cpu_share)
+from partialnet.deploy import fuse, fusion  # noqa: E402
 from partialnet.measure import count  # noqa: E402
 from partialnet.measure.runtimes import check_runner, make_runner  # noqa: E402
 
@@ -136,6 +140,40 @@ def openvino_kinds(name: str, size: int, threads: int, iters: int = 10) -> dict[
     return {k: v for k, v in kinds.items() if v > 0}
 
 
+@contextlib.contextmanager
+def token_forms_off():
+    """The fused modules' one-image token-matrix forms switched off (as if no input had a token
+    matrix): PAT_ch, the MLP and PAT_sf then run their map forms, as before those forms existed."""
+    real = fusion.token_matrix
+    fusion.token_matrix = lambda x: None
+    try:
+        yield
+    finally:
+        fusion.token_matrix = real
+
+
+def token_forms_table(names, size: int, runs: int) -> None:
+    """Fused eager batch-1 latency with the token-matrix forms off and on, one model instance each,
+    forwards interleaved (off, on, off, on, ...); median and 10th percentile of the wall times."""
+    x = torch.randn(1, 3, size, size)
+    print(f"| one image, fused, eager | token forms off: ms median (p10) | on: ms median (p10) | speed-up (median) |")
+    print("|---|---|---|---|")
+    for name in names:
+        fused = fuse(partialnet.create_model(name).eval())
+
+        def off(t, fused=fused):
+            with token_forms_off():
+                return fused(t)
+
+        with torch.inference_mode():
+            torch.testing.assert_close(off(x), fused(x), rtol=0, atol=1e-4)
+            times = round_robin({"off": off, "on": fused}, x, warmup=10, runs=runs)
+        med = {k: statistics.median(v[0]) for k, v in times.items()}
+        p10 = {k: statistics.quantiles(v[0], n=10)[0] if len(v[0]) > 1 else v[0][0] for k, v in times.items()}
+        print(f"| {name} | {1e3 * med['off']:.2f} ({1e3 * p10['off']:.2f}) | {1e3 * med['on']:.2f} "
+              f"({1e3 * p10['on']:.2f}) | {med['off'] / med['on']:.2f}x |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None)
@@ -145,7 +183,10 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="include torch.compile (default; --no-compile skips its few minutes of compiling)")
+    ap.add_argument("--token-runs", type=int, default=300,
+                    help="interleaved forwards per side in the one-image token-form off/on table")
     args = ap.parse_args(argv)
+    exit_on_bad_args(args, {"threads": 1, "runs": 1, "warmup": 0, "batch": 1, "size": 32, "token_runs": 1})
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -189,6 +230,10 @@ def main(argv=None) -> int:
             batch1_table("batch-1 latency, fused, 1 thread", runners, ["eager"], x1, args)
         finally:
             torch.set_num_threads(threads)
+    print(f"\nWhat the one-image token-matrix forms of the fused modules "
+          f"(partialnet/models/layers/token_view.py) change, {threads} thread(s), {args.token_runs} interleaved "
+          f"forwards per side:\n")
+    token_forms_table(PAIRS[0], args.size, args.token_runs)
     print()
     kinds = {n: profile_kinds(n, args.size) for n in PAIRS[0]}
     print(f"Where the time goes at batch 1, fused, eager, {threads} thread(s): self CPU ms per forward by kind of op\n")

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 import partialnet
+from models import exit_on_bad_args  # bench/models.py
 from partialnet.models.backbone import Mlp
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PointwiseConv2d
 from partialnet.training.optim import build_optimizer
@@ -234,14 +235,7 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
     ap.add_argument("--_peak-rss", dest="peak_variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    bad = [f"--{f} {getattr(args, f)} must be at least {low}"
-           for f, low in (("runs", 1), ("pairs", 1), ("batch", 1), ("size", 32), ("warmup", 0)) if getattr(args, f) < low]
-    unknown = sorted(set(args.models) - set(partialnet.list_models()))
-    if unknown:
-        bad.append(f"unknown model(s) {', '.join(unknown)}; see partialnet.list_models()")
-    if bad:
-        print(f"error: {'; '.join(bad)}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_bad_args(args, {"runs": 1, "pairs": 1, "batch": 1, "size": 32, "warmup": 0}, args.models)
     if args.peak_variant:
         peak_rss_child(args.models[0], args.peak_variant, args.batch, args.size)
         return
