@@ -33,6 +33,7 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -131,21 +132,29 @@ def _time(fn, runs: int, warmup: int) -> list[float]:
     return out
 
 
+def reference_kernels(n: int = 2048) -> dict[str, tuple[Callable[[], object], float]]:
+    """The machine's rate kernels, ``{label: (call, MACs per call)}``: fp32 ``torch.mm`` n x n x n and,
+    for context, a large channels_last 1x1 conv (oneDNN), 512 -> 512 on 32 x 28 x 28."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    x = torch.randn(32, 512, 28, 28).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 1, 1)
+    return {f"torch.mm {n}^3": (lambda: torch.mm(a, b), float(n) ** 3),
+            "oneDNN 1x1 conv": (lambda: F.conv2d(x, w), 32 * 28 * 28 * 512 * 512.0)}
+
+
+def _rate(call, macs: float, runs: int) -> dict:
+    ts = _time(call, runs, 2)
+    return dict(median=macs / statistics.median(ts), lo=macs / max(ts), hi=macs / min(ts))
+
+
 def matmul_rate(runs: int, n: int = 2048) -> dict:
     """fp32 torch.mm n x n x n: MAC/s (median, min, max over runs)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    ts = _time(lambda: torch.mm(a, b), runs, 2)
-    macs = float(n) ** 3
-    return dict(median=macs / statistics.median(ts), lo=macs / max(ts), hi=macs / min(ts))
+    return _rate(*reference_kernels(n)[f"torch.mm {n}^3"], runs)
 
 
 def conv1x1_rate(runs: int) -> dict:
     """Context: a large channels_last 1x1 conv (oneDNN), 512 -> 512 on 32 x 28 x 28: MAC/s."""
-    x = torch.randn(32, 512, 28, 28).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(512, 512, 1, 1)
-    ts = _time(lambda: F.conv2d(x, w), runs, 2)
-    macs = 32 * 28 * 28 * 512 * 512.0
-    return dict(median=macs / statistics.median(ts), lo=macs / max(ts), hi=macs / min(ts))
+    return _rate(*reference_kernels()["oneDNN 1x1 conv"], runs)
 
 
 def interleaved(forms: list[tuple], batch: int, args) -> dict[str, SpeedResult]:

@@ -5,9 +5,12 @@ the machine's matmul / 1x1-conv rate that the best runtime reaches.
     python bench/runtimes.py [--threads N] [--runs 9] [--no-compile]
 
 1. Peak rate of this machine: fp32 torch.mm 2048^3 and a oneDNN channels_last 1x1 conv
-   (512 -> 512 on 32x28x28), same threads; the higher of the two is "the matmul rate".
+   (512 -> 512 on 32x28x28), same threads, timed in the same rounds as the runtimes of 2 (so a
+   drift in the machine's speed hits both); the higher of the two is "the matmul rate".
 2. PartialNet-T0 fused, batch 32, per runtime: images/s, achieved MAC rate (the fused form's
-   MACs x images/s) and its share of the matmul rate.
+   MACs x images/s) and its share of the matmul rate. Then the ceiling of that share with
+   PyTorch's kernels on this machine: every conv and linear layer timed alone on the input it
+   gets in the forward, by kind of layer, with everything else counted as free.
 3. Batch-1 latency, fused, per runtime: PartialNet-T0 vs FasterNet-T0 and PartialNet-T1 vs
    FasterNet-T1, timed round-robin in this one process; wall time and process CPU time (the
    steadier figure when other processes share the CPUs).
@@ -39,8 +42,8 @@ for p in (str(HERE.parent), str(HERE)):
 
 import partialnet  # noqa: E402
 from models import (  # noqa: E402  (bench/models.py)
-    busy_warning, conv1x1_rate, cpu_name, cpu_snapshot, exit_on_bad_args, load_avg, matmul_rate, op_kind,
-    other_cpu_share)
+    busy_warning, cpu_name, cpu_snapshot, exit_on_bad_args, load_avg, op_kind, other_cpu_share,
+    reference_kernels)
 from partialnet.deploy import fuse, fusion  # noqa: E402
 from partialnet.measure import count  # noqa: E402
 from partialnet.measure.runtimes import check_runner, make_runner  # noqa: E402
@@ -92,6 +95,83 @@ def batch1_table(title: str, runners: dict, runtimes, x: torch.Tensor, args) -> 
                 verdict = f"{ours} {'<=' if cpu[ours] <= cpu[theirs] else '>'} {theirs}" if n == theirs else ""
                 print(f"| {n} | {rt} | {1e3 * statistics.median(wall):.2f} ({1e3 * min(wall):.2f}) | "
                       f"{1e3 * cpu[n]:.2f} | {verdict} |")
+
+
+def _layer_kind(m: torch.nn.Module) -> str:
+    if isinstance(m, torch.nn.Linear):
+        return "linear (SRM, head)"
+    k = tuple(m.kernel_size)
+    if k == (1, 1):
+        return "conv 1x1 (fc1/fc2, qkv/proj, head)"
+    return f"conv {k[0]}x{k[1]} (partial conv)" if k == (3, 3) else f"conv {k[0]}x{k[1]} (stem/merging)"
+
+
+def kernel_ceiling(fused: torch.nn.Module, x: torch.Tensor, rounds: int = 5, reference: dict | None = None) -> dict:
+    """Each conv and linear layer of ``fused`` timed alone on the very input tensor it gets in one
+    forward on ``x`` (same shape, strides and path), all layers round-robin, ``rounds`` times, after
+    one warm-up round. Returns per kind of layer [MACs, median seconds summed over its layers] and
+    the sum over all layers: the time the model's arithmetic takes on these kernels with everything
+    else (activations, statistics, gates, softmax, copies) taken as free. ``reference``
+    (:func:`reference_kernels`) is timed in the same rounds; its highest rate is returned as "peak"."""
+    captured = []
+
+    def grab(module, inputs, output):
+        macs = output.numel() * (module.in_features if isinstance(module, torch.nn.Linear)
+                                 else module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1])
+        captured.append((module, inputs[0], macs))
+
+    layers = [m for m in fused.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [m.register_forward_hook(grab) for m in layers]
+    try:
+        with torch.inference_mode():
+            fused(x)
+    finally:
+        for h in handles:
+            h.remove()
+    times = [[] for _ in captured]
+    reference = reference or {}
+    ref_times: dict[str, list[float]] = {k: [] for k in reference}
+    with torch.inference_mode():
+        for r in range(rounds + 1):
+            for i, (m, inp, _) in enumerate(captured):
+                t0 = time.perf_counter()
+                m(inp)
+                if r:
+                    times[i].append(time.perf_counter() - t0)
+            for k, (call, _) in reference.items():
+                t0 = time.perf_counter()
+                call()
+                if r:
+                    ref_times[k].append(time.perf_counter() - t0)
+    kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for (m, _, macs), ts in zip(captured, times):
+        kinds[_layer_kind(m)][0] += macs
+        kinds[_layer_kind(m)][1] += statistics.median(ts)
+    return {"kinds": dict(kinds), "macs": sum(v[0] for v in kinds.values()),
+            "seconds": sum(v[1] for v in kinds.values()), "layers": len(captured),
+            "peak": max((macs / statistics.median(ref_times[k]) for k, (_, macs) in reference.items()), default=None)}
+
+
+def ceiling_table(name: str, x: torch.Tensor, model_macs: float, best_share: float, reference: dict) -> None:
+    """How far the batch's share of the matmul rate could go at most with PyTorch's kernels here."""
+    torch.manual_seed(0)
+    fused = fuse(partialnet.create_model(name).eval())
+    c = kernel_ceiling(fused, x, reference=reference)
+    batch, peak = x.shape[0], c["peak"]
+    print(f"Ceiling of that share with this machine's kernels: every conv and linear layer of fused {name} timed "
+          f"alone on its own input of one batch-{batch} forward (median of 5, layers round-robin with the rate "
+          f"kernels, whose higher rate here was {peak / 1e9:.1f} GMAC/s); everything else counted as free.\n")
+    print("| layers | GMACs per image | ms per batch (sum of the layers) | GMAC/s | share of the matmul rate |")
+    print("|---|---|---|---|---|")
+    for kind, (macs, secs) in sorted(c["kinds"].items(), key=lambda kv: -kv[1][1]):
+        print(f"| {kind} | {macs / batch / 1e9:.3f} | {1e3 * secs:.1f} | {macs / secs / 1e9:.1f} | "
+              f"{100 * macs / secs / peak:.0f} % |")
+    ceiling = model_macs * batch / c["seconds"] / peak
+    print(f"| all of them | {c['macs'] / batch / 1e9:.3f} | {1e3 * c['seconds']:.1f} | {c['macs'] / c['seconds'] / 1e9:.1f} | "
+          f"{100 * c['macs'] / c['seconds'] / peak:.0f} % |")
+    print(f"\nceiling: the model's {model_macs / 1e9:.3f} GMACs per image (attention products included) in the layers' "
+          f"time alone = {100 * ceiling:.0f} % of the matmul rate; the best runtime above reached "
+          f"{100 * best_share:.0f} %, i.e. {100 * best_share / ceiling:.0f} % of that ceiling\n")
 
 
 def profile_kinds(name: str, size: int, iters: int = 10) -> dict[str, float]:
@@ -197,17 +277,23 @@ def main(argv=None) -> int:
           f"{os.environ.get('OMP_WAIT_POLICY', 'not set (the default)')} (eager batch-1 latency depends on it, "
           f"see the README)\n")
 
-    mm, conv = matmul_rate(7), conv1x1_rate(7)
-    peak = max(mm["median"], conv["median"])
-    print(f"machine rate: torch.mm 2048^3 {mm['median'] / 1e9:.1f} GMAC/s, oneDNN 1x1 conv {conv['median'] / 1e9:.1f} "
-          f"GMAC/s (median of 7); reference = the higher, {peak / 1e9:.1f} GMAC/s\n")
-
     names = sorted({n for pair in PAIRS for n in pair})
     runners, macs = build_runners(names, runtimes, args.size)
 
+    # The machine's rate is timed in the same rounds as the runtimes (mm, conv, eager, onnxruntime,
+    # ... mm, conv, ...): on a shared machine whose speed drifts by 10-30 % within minutes, a rate
+    # measured before the models could come from a faster or slower minute than the models' runs.
+    kernels = reference_kernels()
     t0_name = PAIRS[0][0]
     xb = torch.randn(args.batch, 3, args.size, args.size)
-    res = round_robin({rt: runners[(t0_name, rt)] for rt in runtimes}, xb, args.warmup, args.runs)
+    timed = {k: (lambda _x, call=call: call()) for k, (call, _) in kernels.items()}
+    timed.update({rt: runners[(t0_name, rt)] for rt in runtimes})
+    res = round_robin(timed, xb, args.warmup, args.runs)
+    rates = {k: macs_k / statistics.median(res[k][0]) for k, (_, macs_k) in kernels.items()}
+    peak = max(rates.values())
+    print("machine rate, timed in the same rounds as the runtimes below (median of "
+          f"{args.runs}): " + ", ".join(f"{k} {r / 1e9:.1f} GMAC/s" for k, r in rates.items())
+          + f"; reference = the higher, {peak / 1e9:.1f} GMAC/s\n")
     print(f"| {t0_name} fused, batch {args.batch} | images/s median (min-max) | GMAC/s | share of the matmul rate |")
     print("|---|---|---|---|")
     best = None
@@ -220,6 +306,7 @@ def main(argv=None) -> int:
               f"{100 * rate / peak:.0f} % |")
     print(f"\nbest runtime for {t0_name} at batch {args.batch}: {best[1]}, {100 * best[0] / peak:.0f} % of the "
           f"machine's matmul/1x1-conv rate (target >= 85 %: {'met' if best[0] >= 0.85 * peak else 'not met'})\n")
+    ceiling_table(t0_name, xb, macs[t0_name], best[0] / peak, kernels)
 
     x1 = torch.randn(1, 3, args.size, args.size)
     batch1_table(f"batch-1 latency, fused, {threads} thread(s)", runners, runtimes, x1, args)
