@@ -9,9 +9,11 @@ split (:func:`partialnet.models.layers.dense_grad.dense_grad`), with the model a
 channels_last; "after_nchw" is the same layers on NCHW tensors, to separate the two effects.
 ``--compile`` adds an "after + torch.compile" row (inductor on CPU; its compile time is printed).
 
-Steps of the variants are interleaved (before, after, before, ...) so that load from other
-processes hits all of them alike. Printed per variant: median wall time and median process CPU
-time of a step (on a shared machine the CPU time is the steadier of the two), images/s, the bytes
+Steps of the variants are interleaved (before, after_nchw, after; after, after_nchw, before; ...)
+so that load from other processes and drifts of the machine's speed hit all of them alike.
+Printed per variant: median wall time and median process CPU time of a step (on a shared machine
+the CPU time is the steadier of the two), images/s, the speed-up over "before" as a ratio of
+medians and as the median (10th-90th percentile) of the per-round ratios, the bytes
 autograd saves for backward in one forward of the whole model (the activation memory of the
 step, exact), and the peak RSS of a fresh process that runs two steps of that variant (includes
 the allocator's retained memory, so it is a rough figure: the two channels_last variants of
@@ -159,6 +161,17 @@ class Step:
         return time.perf_counter() - w0, time.process_time() - c0
 
 
+def round_ratios(before: list[float], after: list[float]) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentile of ``before[i] / after[i]``: the speed-up within each round,
+    whose two steps ran seconds apart (steadier than a ratio of medians when the machine's speed
+    drifts over the run)."""
+    r = sorted(b / a for b, a in zip(before, after))
+    if len(r) < 2:
+        return r[0], r[0], r[0]
+    q = statistics.quantiles(r, n=10, method="inclusive")
+    return statistics.median(r), q[0], q[-1]
+
+
 def peak_rss_child(name: str, variant: str, bs: int, size: int) -> None:
     """Run in a fresh process: two steps, print the peak RSS in MiB as JSON."""
     step = Step(name, variant, bs, size)
@@ -229,7 +242,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--pairs", type=int, default=10, help="off/on step pairs per change in the change table")
     ap.add_argument("--compile", action="store_true", help="add an 'after + torch.compile' variant")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child processes")
@@ -242,15 +255,17 @@ def main() -> None:
     variants = [v for v in VARIANTS if args.compile or v != "after_compile"]
     print(f"### Training step (forward + backward + AdamW), batch {args.batch}, {args.size}x{args.size}, fp32, "
           f"CPU, {torch.get_num_threads()} threads\n")
-    print(f"{args.runs} timed steps per variant after {args.warmup} warm-up, variants interleaved. "
+    print(f"{args.runs} timed steps per variant after {args.warmup} warm-up, variants interleaved (every other "
+          "round in reverse order). "
           "before = NCHW, PAT_ch statistics as plain autograd ops (ReferencePATChannel), AdamW's "
           "per-parameter loop; after = the current layers (shared srm_statistics with its one-pass "
           "backward, SRM conv as a matrix product, dense gradients into the split halves) with model and "
           "batch in channels_last and the project's optimizer (fused AdamW); after_nchw = the same on NCHW "
           "tensors (what the layout alone adds).\n")
     print("| model | variant | step wall s (median, min-max) | step CPU s (median) | images/s (wall) | "
-          "speed-up vs before (wall / CPU) | saved for backward MiB | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+          "speed-up vs before (wall / CPU) | per-round speed-up, median (10th-90th percentile) | "
+          "saved for backward MiB | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         steps, notes = {}, []
         for v in variants:
@@ -262,7 +277,9 @@ def main() -> None:
         wall = {v: [] for v in variants}
         cpu = {v: [] for v in variants}
         for i in range(args.warmup + args.runs):
-            for v in variants:
+            # every other round in reverse order (A B C, C B A, ...): a drift of the machine's speed
+            # within a round then favours no variant
+            for v in (variants if i % 2 == 0 else variants[::-1]):
                 w, c = steps[v]()
                 if i >= args.warmup:
                     wall[v].append(w)
@@ -271,11 +288,12 @@ def main() -> None:
             mw, mc = statistics.median(wall[v]), statistics.median(cpu[v])
             sw = statistics.median(wall["before"]) / mw
             sc = statistics.median(cpu["before"]) / mc
+            pr = round_ratios(wall["before"], wall[v])
             rss = None if args.no_memory else peak_rss(name, v, args.batch, args.size)
             act = saved_bytes(lambda: steps[v].model(steps[v].x)) / 2**20 if v != "after_compile" else None
             print(f"| {name} | {v} | {mw:.3f} ({min(wall[v]):.3f}-{max(wall[v]):.3f}) | {mc:.3f} | "
-                  f"{args.batch / mw:.1f} | {sw:.2f}x / {sc:.2f}x | {'-' if act is None else f'{act:.0f}'} | "
-                  f"{'-' if rss is None else f'{rss:.0f}'} |", flush=True)
+                  f"{args.batch / mw:.1f} | {sw:.2f}x / {sc:.2f}x | {pr[0]:.2f}x ({pr[1]:.2f}-{pr[2]:.2f}) | "
+                  f"{'-' if act is None else f'{act:.0f}'} | {'-' if rss is None else f'{rss:.0f}'} |", flush=True)
         for note in notes:
             print(f"\n{note}")
         print(f"\nWhat each change inside 'after' adds to {name}'s step: one 'after' model, steps alternating "
