@@ -132,6 +132,17 @@ def _time(fn, runs: int, warmup: int) -> list[float]:
     return out
 
 
+def round_ratios(before: list[float], after: list[float]) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentile of ``before[i] / after[i]``: the speed-up within each round of
+    an interleaved timing, whose two runs were seconds apart (steadier than a ratio of medians when
+    the machine's speed drifts over the run)."""
+    r = sorted(b / a for b, a in zip(before, after))
+    if len(r) < 2:
+        return r[0], r[0], r[0]
+    q = statistics.quantiles(r, n=10, method="inclusive")
+    return statistics.median(r), q[0], q[-1]
+
+
 def reference_kernels(n: int = 2048) -> dict[str, tuple[Callable[[], object], float]]:
     """The machine's rate kernels, ``{label: (call, MACs per call)}``: fp32 ``torch.mm`` n x n x n and,
     for context, a large channels_last 1x1 conv (oneDNN), 512 -> 512 on 32 x 28 x 28."""

@@ -13,7 +13,8 @@ the machine's matmul / 1x1-conv rate that the best runtime reaches.
    gets in the forward, by kind of layer, with everything else counted as free.
 3. Batch-1 latency, fused, per runtime: PartialNet-T0 vs FasterNet-T0 and PartialNet-T1 vs
    FasterNet-T1, timed round-robin in this one process; wall time and process CPU time (the
-   steadier figure when other processes share the CPUs).
+   steadier figure when other processes share the CPUs), and the verdict from the median of the
+   per-round ratios of their CPU times (each round's two forwards ran milliseconds apart).
 4. What the one-image token-matrix forms of the fused modules change: eager batch-1 latency of
    PartialNet-T0 and FasterNet-T0 with those forms switched off and on, forwards interleaved.
 5. Where the time goes at batch 1 (eager, torch.profiler self CPU time by kind of op) for
@@ -43,7 +44,7 @@ for p in (str(HERE.parent), str(HERE)):
 import partialnet  # noqa: E402
 from models import (  # noqa: E402  (bench/models.py)
     busy_warning, cpu_name, cpu_snapshot, exit_on_bad_args, load_avg, op_kind, other_cpu_share,
-    reference_kernels)
+    reference_kernels, round_ratios)
 from partialnet.deploy import fuse, fusion  # noqa: E402
 from partialnet.measure import count  # noqa: E402
 from partialnet.measure.runtimes import check_runner, make_runner  # noqa: E402
@@ -52,13 +53,15 @@ PAIRS = (("partialnet_t0", "fasternet_t0"), ("partialnet_t1", "fasternet_t1"))
 
 
 def round_robin(runners: dict, x: torch.Tensor, warmup: int, runs: int) -> dict:
-    """{key: (wall seconds list, process CPU seconds list)}, runners timed A B C A B C ..."""
+    """{key: (wall seconds list, process CPU seconds list)}, runners timed A B C, C B A, A B C, ...
+    (every other round reversed, so that a drift of the machine's speed within a round favours none)."""
     for fn in runners.values():
         for _ in range(warmup):
             fn(x)
     out = {k: ([], []) for k in runners}
-    for _ in range(runs):
-        for k, fn in runners.items():
+    order = list(runners.items())
+    for i in range(runs):
+        for k, fn in (order if i % 2 == 0 else order[::-1]):
             w0, c0 = time.perf_counter(), time.process_time()
             fn(x)
             out[k][0].append(time.perf_counter() - w0)
@@ -83,18 +86,22 @@ def build_runners(names, runtimes, size: int) -> tuple[dict, dict]:
 
 
 def batch1_table(title: str, runners: dict, runtimes, x: torch.Tensor, args) -> None:
-    """Rows of PartialNet vs FasterNet batch-1 latency per runtime, each pair timed round-robin."""
-    print(f"| {title} | runtime | wall ms median (min) | process CPU ms median | verdict (CPU time) |")
-    print("|---|---|---|---|---|")
+    """Rows of PartialNet vs FasterNet batch-1 latency per runtime, each pair timed round-robin. The
+    verdict is the median over rounds of PartialNet's process CPU time over FasterNet's in the same
+    round (the two forwards ran milliseconds apart)."""
+    print(f"| {title} | runtime | wall ms median (min) | process CPU ms median | "
+          "CPU time ratio per round, median (10th-90th percentile) | verdict (CPU time) |")
+    print("|---|---|---|---|---|---|")
     for rt in runtimes:
         for ours, theirs in PAIRS:
             r = round_robin({n: runners[(n, rt)] for n in (ours, theirs)}, x, args.warmup, max(args.runs, 20))
-            cpu = {n: statistics.median(r[n][1]) for n in (ours, theirs)}
+            ratio = round_ratios(r[ours][1], r[theirs][1])
             for n in (ours, theirs):
                 wall = r[n][0]
-                verdict = f"{ours} {'<=' if cpu[ours] <= cpu[theirs] else '>'} {theirs}" if n == theirs else ""
+                cells = (f"{ratio[0]:.3f} ({ratio[1]:.2f}-{ratio[2]:.2f})", f"{ours} {'<=' if ratio[0] <= 1 else '>'} "
+                         f"{theirs}") if n == theirs else ("", "")
                 print(f"| {n} | {rt} | {1e3 * statistics.median(wall):.2f} ({1e3 * min(wall):.2f}) | "
-                      f"{1e3 * cpu[n]:.2f} | {verdict} |")
+                      f"{1e3 * statistics.median(r[n][1]):.2f} | {cells[0]} | {cells[1]} |")
 
 
 def _layer_kind(m: torch.nn.Module) -> str:

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 import partialnet
-from models import exit_on_bad_args  # bench/models.py
+from models import exit_on_bad_args, round_ratios  # bench/models.py
 from partialnet.models.backbone import Mlp
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PointwiseConv2d
 from partialnet.training.optim import build_optimizer
@@ -159,17 +159,6 @@ class Step:
         loss.backward()
         self.opt.step()
         return time.perf_counter() - w0, time.process_time() - c0
-
-
-def round_ratios(before: list[float], after: list[float]) -> tuple[float, float, float]:
-    """Median, 10th and 90th percentile of ``before[i] / after[i]``: the speed-up within each round,
-    whose two steps ran seconds apart (steadier than a ratio of medians when the machine's speed
-    drifts over the run)."""
-    r = sorted(b / a for b, a in zip(before, after))
-    if len(r) < 2:
-        return r[0], r[0], r[0]
-    q = statistics.quantiles(r, n=10, method="inclusive")
-    return statistics.median(r), q[0], q[-1]
 
 
 def peak_rss_child(name: str, variant: str, bs: int, size: int) -> None:

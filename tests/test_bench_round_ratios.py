@@ -1,5 +1,6 @@
-"""bench/train_step.py's per-round speed-up: before[i] / after[i] of steps run in the same round,
-so a drift of the machine's speed between rounds cancels out of each ratio."""
+"""The benchmarks' per-round ratio (bench/models.py ``round_ratios``, used by train_step.py and
+runtimes.py): before[i] / after[i] of runs in the same round, so a drift of the machine's speed
+between rounds cancels out of each ratio."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from train_step import round_ratios  # noqa: E402  (bench/train_step.py)
+from models import round_ratios  # noqa: E402  (bench/models.py)
 
 
 def test_a_drift_between_rounds_cancels():
