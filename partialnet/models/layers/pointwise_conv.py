@@ -10,9 +10,10 @@ to that GEMM in two cases, measured on 2 threads:
   4x on 1x1 maps (batch 256), forward 1.0-1.65x on 7x7 maps and 2.8x on the 1x1 head (batch 32);
 * **one image at inference** (no autograd): 1.15-1.24x per layer on PartialNet-T0's stages.
 
-Larger maps with several images keep the conv kernel (on 14x14 maps at batch 32 it is ~10 %
-faster). NCHW input, CUDA and graph captures (TorchScript tracing for the ONNX export,
-``torch.compile``, ``torch.export``) take ``nn.Conv2d``'s own forward, so exported graphs keep a
+Larger maps with several images keep the conv kernel: there the GEMM measured 0.9-1.25x per layer
+alone and nothing for whole models (PartialNet-T0's training step at 224 px with the GEMM on 14x14
+maps too, or on 14x14 and 28x28: 0.99-1.01x, steps alternating). NCHW input, CUDA and graph
+captures (TorchScript tracing for the ONNX export, ``torch.compile``, ``torch.export``) take ``nn.Conv2d``'s own forward, so exported graphs keep a
 Conv node; the state dict is a Conv2d's. ``bench/runtimes.py`` and ``bench/train_step.py``
 measure the models that use it.
 """
