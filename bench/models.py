@@ -132,6 +132,12 @@ def _time(fn, runs: int, warmup: int) -> list[float]:
     return out
 
 
+def alternating(seq: list, i: int) -> list:
+    """Round ``i``'s order of ``seq`` in an interleaved timing: as given in even rounds, reversed in odd
+    ones (A B C, C B A, ...), so that a drift of the machine's speed within a round favours no entry."""
+    return seq if i % 2 == 0 else seq[::-1]
+
+
 def round_ratios(before: list[float], after: list[float]) -> tuple[float, float, float]:
     """Median, 10th and 90th percentile of ``before[i] / after[i]``: the speed-up within each round of
     an interleaved timing, whose two runs were seconds apart (steadier than a ratio of medians when

@@ -43,7 +43,7 @@ for p in (str(HERE.parent), str(HERE)):
 
 import partialnet  # noqa: E402
 from models import (  # noqa: E402  (bench/models.py)
-    busy_warning, cpu_name, cpu_snapshot, exit_on_bad_args, load_avg, op_kind, other_cpu_share,
+    alternating, busy_warning, cpu_name, cpu_snapshot, exit_on_bad_args, load_avg, op_kind, other_cpu_share,
     reference_kernels, round_ratios)
 from partialnet.deploy import fuse, fusion  # noqa: E402
 from partialnet.measure import count  # noqa: E402
@@ -53,15 +53,14 @@ PAIRS = (("partialnet_t0", "fasternet_t0"), ("partialnet_t1", "fasternet_t1"))
 
 
 def round_robin(runners: dict, x: torch.Tensor, warmup: int, runs: int) -> dict:
-    """{key: (wall seconds list, process CPU seconds list)}, runners timed A B C, C B A, A B C, ...
-    (every other round reversed, so that a drift of the machine's speed within a round favours none)."""
+    """{key: (wall seconds list, process CPU seconds list)}, runners timed A B C, C B A, ... (:func:`alternating`)."""
     for fn in runners.values():
         for _ in range(warmup):
             fn(x)
     out = {k: ([], []) for k in runners}
     order = list(runners.items())
     for i in range(runs):
-        for k, fn in (order if i % 2 == 0 else order[::-1]):
+        for k, fn in alternating(order, i):
             w0, c0 = time.perf_counter(), time.process_time()
             fn(x)
             out[k][0].append(time.perf_counter() - w0)
@@ -241,9 +240,11 @@ def token_forms_off():
 
 def token_forms_table(names, size: int, runs: int) -> None:
     """Fused eager batch-1 latency with the token-matrix forms off and on, one model instance each,
-    forwards interleaved (off, on, off, on, ...); median and 10th percentile of the wall times."""
+    forwards interleaved (off, on, on, off, ...); median and 10th percentile of the wall times, and
+    the speed-up as the median (10th-90th percentile) of the per-round ratios."""
     x = torch.randn(1, 3, size, size)
-    print(f"| one image, fused, eager | token forms off: ms median (p10) | on: ms median (p10) | speed-up (median) |")
+    print("| one image, fused, eager | token forms off: ms median (p10) | on: ms median (p10) | "
+          "speed-up per round, median (10th-90th percentile) |")
     print("|---|---|---|---|")
     for name in names:
         fused = fuse(partialnet.create_model(name).eval())
@@ -257,8 +258,9 @@ def token_forms_table(names, size: int, runs: int) -> None:
             times = round_robin({"off": off, "on": fused}, x, warmup=10, runs=runs)
         med = {k: statistics.median(v[0]) for k, v in times.items()}
         p10 = {k: statistics.quantiles(v[0], n=10)[0] if len(v[0]) > 1 else v[0][0] for k, v in times.items()}
+        gain = round_ratios(times["off"][0], times["on"][0])
         print(f"| {name} | {1e3 * med['off']:.2f} ({1e3 * p10['off']:.2f}) | {1e3 * med['on']:.2f} "
-              f"({1e3 * p10['on']:.2f}) | {med['off'] / med['on']:.2f}x |")
+              f"({1e3 * p10['on']:.2f}) | {gain[0]:.2f}x ({gain[1]:.2f}-{gain[2]:.2f}) |")
 
 
 def main(argv=None) -> int:

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 import partialnet
-from models import exit_on_bad_args, round_ratios  # bench/models.py
+from models import alternating, exit_on_bad_args, round_ratios  # bench/models.py
 from partialnet.models.backbone import Mlp
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PointwiseConv2d
 from partialnet.training.optim import build_optimizer
@@ -100,21 +100,23 @@ def forward_replaced(model: torch.nn.Module, cls: type, forward):
 
 
 def change_gains(step: "Step", pairs: int) -> list[str]:
-    """Table rows: for each change, median step wall time with it off and on, steps alternating
-    off, on, off, on ... on the one model of ``step`` (after one warm-up pair)."""
+    """Table rows: for each change, median step wall time with it off and on and the speed-up per
+    pair (median, 10th-90th percentile), steps alternating off, on, on, off, ... on the one model of
+    ``step`` (after one warm-up pair)."""
     rows = []
     for what, (cls, forward_without) in CHANGES.items():
-        off, on = [], []
+        times: dict[str, list[float]] = {"off": [], "on": []}
         for i in range(pairs + 1):
-            with forward_replaced(step.model, cls, forward_without):
-                w_off = step()[0]
-            w_on = step()[0]
-            if i:
-                off.append(w_off)
-                on.append(w_on)
-        m_off, m_on = statistics.median(off), statistics.median(on)
-        rows.append(f"| {what} | {m_off:.3f} ({min(off):.3f}-{max(off):.3f}) | {m_on:.3f} ({min(on):.3f}-{max(on):.3f}) "
-                    f"| {m_off / m_on:.2f}x |")
+            for side in alternating(["off", "on"], i):
+                with forward_replaced(step.model, cls, forward_without) if side == "off" else contextlib.nullcontext():
+                    w = step()[0]
+                if i:
+                    times[side].append(w)
+        off, on = times["off"], times["on"]
+        gain = round_ratios(off, on)
+        rows.append(f"| {what} | {statistics.median(off):.3f} ({min(off):.3f}-{max(off):.3f}) | "
+                    f"{statistics.median(on):.3f} ({min(on):.3f}-{max(on):.3f}) | "
+                    f"{gain[0]:.2f}x ({gain[1]:.2f}-{gain[2]:.2f}) |")
     return rows
 
 
@@ -266,9 +268,7 @@ def main() -> None:
         wall = {v: [] for v in variants}
         cpu = {v: [] for v in variants}
         for i in range(args.warmup + args.runs):
-            # every other round in reverse order (A B C, C B A, ...): a drift of the machine's speed
-            # within a round then favours no variant
-            for v in (variants if i % 2 == 0 else variants[::-1]):
+            for v in alternating(variants, i):
                 w, c = steps[v]()
                 if i >= args.warmup:
                     wall[v].append(w)
@@ -286,8 +286,9 @@ def main() -> None:
         for note in notes:
             print(f"\n{note}")
         print(f"\nWhat each change inside 'after' adds to {name}'s step: one 'after' model, steps alternating "
-              f"with the change off and on, {args.pairs} pairs after one warm-up pair.\n")
-        print("| change | step wall s without (median, min-max) | with | speed-up |")
+              f"with the change off and on (off, on; on, off; ...), {args.pairs} pairs after one warm-up pair.\n")
+        print("| change | step wall s without (median, min-max) | with | speed-up per pair, median "
+              "(10th-90th percentile) |")
         print("|---|---|---|---|")
         for row in change_gains(steps["after"], args.pairs):
             print(row, flush=True)

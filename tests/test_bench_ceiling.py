@@ -26,10 +26,10 @@ def _fused(name: str) -> torch.nn.Module:
 @pytest.mark.parametrize("name", ["fasternet_t0", "partialnet_t0"])
 def test_every_layer_is_timed_once_with_its_macs(name):
     fused = _fused(name)
-    c = runtimes.kernel_ceiling(fused, torch.randn(2, 3, 32, 32), rounds=1, reference=runtimes.reference_kernels(64))
+    x = torch.randn(2, 3, 32, 32)
+    c = runtimes.kernel_ceiling(fused, x, rounds=1, reference=runtimes.reference_kernels(64))
     layers = [m for m in fused.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert c["layers"] == len(layers)
-    x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         pooled = fused.forward_features(x).numel()  # fvcore counts one MAC per input of the global pool
     model_macs = count(fused, 32)["macs"] * 2 - pooled
@@ -41,7 +41,7 @@ def test_every_layer_is_timed_once_with_its_macs(name):
     assert {"conv 1x1 (fc1/fc2, qkv/proj, head)", "conv 3x3 (partial conv)"} <= set(c["kinds"])
 
 
-def test_layers_get_the_tensor_of_the_real_forward(monkeypatch):
+def test_layers_get_the_tensor_of_the_real_forward():
     """The partial 3x3 conv is timed on its channel slice of the channels_last map (not a fresh,
     contiguous tensor): the path and strides the model's own forward takes."""
     fused = _fused("partialnet_t0")

@@ -1,6 +1,7 @@
-"""The benchmarks' per-round ratio (bench/models.py ``round_ratios``, used by train_step.py and
-runtimes.py): before[i] / after[i] of runs in the same round, so a drift of the machine's speed
-between rounds cancels out of each ratio."""
+"""The benchmarks' interleaving helpers (bench/models.py, used by train_step.py and runtimes.py):
+``round_ratios``, before[i] / after[i] of runs in the same round, so a drift of the machine's speed
+between rounds cancels out of each ratio; ``alternating``, each round's order, reversed every other
+round so that a drift within a round favours no entry."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from models import round_ratios  # noqa: E402  (bench/models.py)
+from models import alternating, round_ratios  # noqa: E402  (bench/models.py)
 
 
 def test_a_drift_between_rounds_cancels():
@@ -27,3 +28,7 @@ def test_percentiles_of_the_round_ratios():
     before = [1.0 + 0.1 * i for i in range(11)]  # ratios 1.0 ... 2.0
     assert round_ratios(before, after) == pytest.approx((1.5, 1.1, 1.9))
     assert round_ratios([2.0], [1.0]) == (2.0, 2.0, 2.0)
+
+
+def test_every_other_round_is_reversed():
+    assert [alternating(["a", "b", "c"], i) for i in range(3)] == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]

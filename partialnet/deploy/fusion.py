@@ -40,9 +40,9 @@ for one image or a small map) and, with ``forward_type='slicing'`` (default), wr
 intermediate tensors in place. For one image in eager mode, PAT_ch, the MLP (with its PAT_sp half)
 and PAT_sf work directly on the map's (H*W, C) token matrix
 (:mod:`partialnet.models.layers.token_view`): the same arithmetic in fewer operator calls (a
-PartialNet-T0 stage-3 block: 89 instead of 127 profiler events, PAT_ch 16 top-level calls instead of
-26), which is what a batch-1 CPU forward pays for. :func:`set_forward_type` switches every fused module to the out-of-place
-``'split_cat'`` form, which is what ONNX export uses (in-place slice writes blew up
+PartialNet-T0 stage-3 block: 89 instead of 127 profiler events, PAT_ch 16 top-level calls instead
+of 26), which is what a batch-1 CPU forward pays for. :func:`set_forward_type` switches every
+fused module to the out-of-place ``'split_cat'`` form, which is what ONNX export uses (in-place slice writes blew up
 FasterNet's ONNX graphs, FasterNet issue #16). Both forms give the same outputs and run on any
 input size the original model accepts.
 """
@@ -367,8 +367,8 @@ class FusedPATSelf(nn.Module):
 
     def attention_tokens(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The same MHSA for one image, on its (H*W, C_u) token matrix; returns (H*W, C_u). The
-        projections are plain matrix products (``PointwiseConv2d.linear``) and the position bias enters the first batched
-        product (``baddbmm``): about half the operator calls of :meth:`attention`."""
+        projections are plain matrix products (``PointwiseConv2d.linear``) and the position bias
+        enters the first batched product (``baddbmm``): about half the operator calls of :meth:`attention`."""
         n, c = tokens.shape
         t = F.layer_norm(tokens, (c,), eps=self.ln_eps)
         qkv = self.qkv.linear(t)

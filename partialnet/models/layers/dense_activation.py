@@ -2,8 +2,8 @@
 
 PyTorch's CPU GELU (the exact, erf form) takes oneDNN's kernel only for a float32/bfloat16 tensor
 that is contiguous in the default (NCHW) sense; a channels_last map, dense in memory but with
-other strides, falls back to a slower generic kernel (measured on 2 threads: forward + backward of a (32, 256, 14, 14) map
-5.3 -> 3.1 ms, a batch-1 (1, 64, 56, 56) map 270-360 -> 186 us). For a channels_last map,
+other strides, falls back to a slower generic kernel (measured on 2 threads: forward + backward
+of a (32, 256, 14, 14) map 5.3 -> 3.1 ms, a batch-1 (1, 64, 56, 56) map 270-360 -> 186 us). For a channels_last map,
 ``x.permute(0, 2, 3, 1)`` is that same memory with default-contiguous strides, so the activation
 runs on it and the result is permuted back: the values are the activation's (oneDNN's GELU
 differs from the generic kernel by float rounding, under 1e-6), the output stays channels_last

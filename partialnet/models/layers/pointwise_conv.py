@@ -13,9 +13,9 @@ to that GEMM in two cases, measured on 2 threads:
 Larger maps with several images keep the conv kernel: there the GEMM measured 0.9-1.25x per layer
 alone and nothing for whole models (PartialNet-T0's training step at 224 px with the GEMM on 14x14
 maps too, or on 14x14 and 28x28: 0.99-1.01x, steps alternating). NCHW input, CUDA and graph
-captures (TorchScript tracing for the ONNX export, ``torch.compile``, ``torch.export``) take ``nn.Conv2d``'s own forward, so exported graphs keep a
-Conv node; the state dict is a Conv2d's. ``bench/runtimes.py`` and ``bench/train_step.py``
-measure the models that use it.
+captures (TorchScript tracing for the ONNX export, ``torch.compile``, ``torch.export``) take
+``nn.Conv2d``'s own forward, so exported graphs keep a Conv node; the state dict is a Conv2d's.
+``bench/runtimes.py`` and ``bench/train_step.py`` measure the models that use it.
 """
 from __future__ import annotations
 
