@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         worker(args.worker, args.models, args.batch, args.size)
         return 0
     sys.path.insert(0, str(ROOT))
-    from models import exit_on_bad_args, round_ratios  # bench/models.py
+    from models import alternating, exit_on_bad_args, round_ratios  # bench/models.py
 
     exit_on_bad_args(args, {"batch": 1, "size": 32, "warmup": 0, "runs": 1}, [args.models])
     commit = args.commit or DEFAULT_COMMIT
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
             sides[now] = Worker(ROOT, args.now_recipe, args)
             times = {k: [] for k in sides}
             for i in range(args.warmup + args.runs):
-                for k in (list(sides) if i % 2 == 0 else list(sides)[::-1]):
+                for k in alternating(list(sides), i):
                     t = sides[k].step()
                     if i >= args.warmup:
                         times[k].append(t)
