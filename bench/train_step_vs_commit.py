@@ -118,7 +118,7 @@ def extract(commit: str, dest: Path) -> str:
     if tar.returncode:
         raise RuntimeError(tar.stderr.decode().strip())
     with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as t:
-        t.extractall(dest, filter="data")
+        t.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # (3.11.4+)
     return short
 
 
