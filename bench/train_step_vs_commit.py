@@ -41,7 +41,9 @@ RECIPES = ("plain", "project")
 def worker(recipe: str, name: str, bs: int, size: int) -> None:
     """Run in a process whose PYTHONPATH starts with the tree to measure: build the step, print one
     JSON line (which package it imported, parameter count), then one step per line read from stdin,
-    printing its wall and process CPU seconds."""
+    printing its wall and process CPU seconds. It uses only ``partialnet.create_model`` (and, for
+    ``project``, ``build_optimizer``), not ``bench/train_step.py``'s Step, whose imports of today's
+    layers an older tree does not have."""
     import torch
     import torch.nn.functional as F
 
@@ -76,7 +78,7 @@ class Worker:
 
     def __init__(self, tree: Path, recipe: str, args):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", recipe, "--models", args.models,
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", recipe, "--model", args.model,
                "--batch", str(args.batch), "--size", str(args.size)]
         self.tree = tree
         self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, so that warnings cannot fill a pipe
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
     ap.add_argument("--commit", default=None, help=f"the earlier commit (default {DEFAULT_COMMIT}, see the docstring)")
     ap.add_argument("--then-recipe", choices=RECIPES, default="plain", help="how the earlier commit's step runs")
     ap.add_argument("--now-recipe", choices=RECIPES, default="project", help="how this tree's step runs")
-    ap.add_argument("--models", default="partialnet_t0", help="one model name (both trees must have it)")
+    ap.add_argument("--model", default="partialnet_t0", help="the model to step (both trees must have it)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--warmup", type=int, default=2)
@@ -142,12 +144,14 @@ def main(argv=None) -> int:
     ap.add_argument("--_worker", dest="worker", choices=RECIPES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.models, args.batch, args.size)
+        worker(args.worker, args.model, args.batch, args.size)
         return 0
-    sys.path.insert(0, str(ROOT))
+    repo = str(Path(__file__).resolve().parent.parent)  # this tree's partialnet, for bench/models.py
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
     from models import alternating, exit_on_bad_args, round_ratios  # bench/models.py
 
-    exit_on_bad_args(args, {"batch": 1, "size": 32, "warmup": 0, "runs": 1}, [args.models])
+    exit_on_bad_args(args, {"batch": 1, "size": 32, "warmup": 0, "runs": 1}, [args.model])
     commit = args.commit or DEFAULT_COMMIT
     if not commit_known(commit):
         where = f"no commit {commit!r} in the git history of {ROOT}"
@@ -158,7 +162,11 @@ def main(argv=None) -> int:
         return 0
 
     with tempfile.TemporaryDirectory(prefix="partialnet-commit-") as tmp:
-        short = extract(commit, Path(tmp))
+        try:
+            short = extract(commit, Path(tmp))
+        except (RuntimeError, tarfile.TarError) as e:
+            print(f"error: could not extract commit {commit!r} with git archive: {e}", file=sys.stderr)
+            return 1
         then, now = f"{short} ({args.then_recipe})", f"this tree ({args.now_recipe})"
         sides: dict[str, Worker] = {}
         try:
@@ -177,7 +185,7 @@ def main(argv=None) -> int:
             for w in sides.values():
                 w.close()
 
-    print(f"### Training step of {args.models} against commit {short}, batch {args.batch}, {args.size}x{args.size}, "
+    print(f"### Training step of {args.model} against commit {short}, batch {args.batch}, {args.size}x{args.size}, "
           f"fp32, CPU\n")
     print(f"{args.runs} timed steps per side after {args.warmup} warm-up, alternating between two worker processes "
           "(every other round in reverse order). plain = NCHW, torch.optim.AdamW's per-parameter loop; "

@@ -26,7 +26,7 @@ def test_unknown_commit_is_one_line_exit_2(capsys):
 
 def test_bad_values_exit_2_before_anything_runs(capsys):
     with pytest.raises(SystemExit) as e:
-        vs.main(["--runs", "0", "--models", "nope_t9"])
+        vs.main(["--runs", "0", "--model", "nope_t9"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--runs 0 must be at least 1" in err and "unknown model(s) nope_t9" in err
