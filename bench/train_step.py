@@ -4,8 +4,9 @@
 autograd ops (:class:`ReferencePATChannel` below keeps that implementation reachable) and
 AdamW's per-parameter loop. The other variants use the project's optimizer (fused AdamW).
 "after" is the step with the current layers: the shared ``srm_statistics`` (one fused
-backward), the SRM (1, 2) conv as one matrix product, dense gradients into the halves of each
-split (:func:`partialnet.models.layers.dense_grad.dense_grad`), with the model and the batch in
+backward), the SRM (1, 2) conv as one matrix product, PAT_ch's norm of the gated half from those
+statistics (:func:`partialnet.models.layers.gated_norm.gated_batch_norm`), dense gradients into the
+halves of each split (:func:`partialnet.models.layers.dense_grad.dense_grad`), with the model and the batch in
 channels_last; "after_nchw" is the same layers on NCHW tensors, to separate the two effects.
 ``--compile`` adds an "after + torch.compile" row (inductor on CPU; its compile time is printed).
 
@@ -29,7 +30,8 @@ small-map GEMM of :class:`~partialnet.models.layers.PointwiseConv2d` (off: every
 PyTorch's conv kernel; at 224 px it covers only the last stage and the head, at ``--size 32
 --batch 256``, the demo's shape, most of the network) and the MLP's GELU on the dense view of its
 channels_last map (:func:`~partialnet.models.layers.dense_activation`; off: the GELU on the map
-itself, PyTorch's generic kernel). Last, the activation memory of each block type: the bytes
+itself, PyTorch's generic kernel) and PAT_ch's norm from the SRM statistics (off: batch norm on
+the gated map itself). Last, the activation memory of each block type: the bytes
 autograd saves for backward in one forward of the block.
 """
 from __future__ import annotations
@@ -51,13 +53,15 @@ import partialnet
 from models import alternating, exit_on_bad_args, round_ratios  # bench/models.py
 from partialnet.models.backbone import Mlp
 from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PointwiseConv2d
+from partialnet.models.layers.dense_grad import dense_grad
 from partialnet.training.optim import build_optimizer
 
 VARIANTS = ("before", "after_nchw", "after", "after_compile")
 
 
 class ReferencePATChannel(PATChannel):
-    """PAT_ch with the statistics and the SRM conv as they were written before (plain autograd)."""
+    """PAT_ch with the statistics, the SRM conv and the norm of the gated half as they were written
+    before (plain autograd; batch norm on the gated map itself)."""
 
     def channel_gate(self, x_u: torch.Tensor) -> torch.Tensor:
         flat = x_u.flatten(2)
@@ -72,6 +76,17 @@ class ReferencePATChannel(PATChannel):
         stats = torch.stack((mean.squeeze(-1), std), dim=-1).unsqueeze(2)  # (B, C_u, 1, 2)
         return self.srm_gate(self.srm_norm(self.srm_conv(stats)))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_p, x_u = self.split(x)
+        return torch.cat((self.conv(x_p), dense_grad(self.norm(x_u * self.channel_gate(x_u)))), dim=1)
+
+
+def pat_channel_with_plain_norm(pat: PATChannel, x: torch.Tensor) -> torch.Tensor:
+    """PATChannel's forward with its norm as batch norm on the gated map itself (a product, batch
+    norm's statistics pass and its normalising pass) instead of gated_batch_norm."""
+    x_p, x_u = pat.split(x)
+    return torch.cat((pat.conv(x_p), dense_grad(pat.norm(x_u * pat.channel_gate(x_u)))), dim=1)
+
 
 def mlp_with_generic_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
     """Mlp's forward with the activation called on the channels_last map itself (PyTorch's generic
@@ -83,6 +98,7 @@ def mlp_with_generic_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
 CHANGES = {
     "small-map GEMM of the 1x1 convs (PointwiseConv2d)": (PointwiseConv2d, torch.nn.Conv2d.forward),
     "MLP GELU on the dense view (dense_activation)": (Mlp, mlp_with_generic_activation),
+    "PAT_ch norm from the SRM statistics (gated_batch_norm)": (PATChannel, pat_channel_with_plain_norm),
 }
 
 
@@ -205,7 +221,7 @@ def activation_table(bs: int, channels_last: bool) -> list[str]:
     rows = []
     mk = {"PConv (FasterNet mixer)": lambda c: PartialConv(c),
           "PAT_ch (before: plain autograd stats)": lambda c: ReferencePATChannel(c),
-          "PAT_ch (after: srm_statistics)": lambda c: PATChannel(c),
+          "PAT_ch (after: srm_statistics, gated_batch_norm)": lambda c: PATChannel(c),
           "PAT_sf": lambda c: PATSelf(c),
           "MLP (fc1, BN, GELU, fc2)": lambda c: Mlp(c, torch.nn.GELU),
           "MLP + PAT_sp": lambda c: Mlp(c, torch.nn.GELU, pat_sp=True)}
@@ -250,7 +266,7 @@ def main() -> None:
           "round in reverse order). "
           "before = NCHW, PAT_ch statistics as plain autograd ops (ReferencePATChannel), AdamW's "
           "per-parameter loop; after = the current layers (shared srm_statistics with its one-pass "
-          "backward, SRM conv as a matrix product, dense gradients into the split halves) with model and "
+          "backward, SRM conv as a matrix product, PAT_ch's norm from the SRM statistics, dense gradients into the split halves) with model and "
           "batch in channels_last and the project's optimizer (fused AdamW); after_nchw = the same on NCHW "
           "tensors (what the layout alone adds).\n")
     print("| model | variant | step wall s (median, min-max) | step CPU s (median) | images/s (wall) | "

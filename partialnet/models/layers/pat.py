@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from partialnet.models.layers.dense_grad import dense, dense_grad
+from partialnet.models.layers.gated_norm import gated_batch_norm
 from partialnet.models.layers.pconv import PartialSplit, conv_channels
 from partialnet.models.layers.pointwise_conv import PointwiseConv2d
 from partialnet.models.layers.srm_stats import srm_statistics
@@ -41,6 +42,9 @@ class PATChannel(PartialSplit):
         g   = hardsigmoid(srm_norm(srm_conv(u)))     srm_conv: full C_u->C_u conv, kernel (1, 2), no bias
         Y_u = norm(X_u * g)
 
+    In training, ``norm``'s batch statistics of ``X_u * g`` are derived from ``u`` and g
+    (:func:`~partialnet.models.layers.gated_norm.gated_batch_norm`: no pass over the gated map);
+    eval mode calls ``norm`` on the product itself.
     The std is ``sqrt(max(unbiased var, 1e-10))``: torch's unbiased std wherever the variance is
     above the floor, which only keeps the gradient finite on a constant channel; with a single
     spatial position (H = W = 1) the variance is taken as 0.
@@ -61,7 +65,10 @@ class PATChannel(PartialSplit):
 
     def channel_gate(self, x_u: torch.Tensor) -> torch.Tensor:
         """The SRM gate g of shape (B, C_u, 1, 1)."""
-        mean, std = srm_statistics(x_u, self.std_eps)
+        return self.gate_from_statistics(*srm_statistics(x_u, self.std_eps))
+
+    def gate_from_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """The SRM gate g (B, C_u, 1, 1) from the per-channel ``mean`` and ``std`` (B, C_u) of X_u."""
         # srm_conv on the (B, C_u, 1, 2) map [mean, std] is one matrix product on concat(mean, std)
         # (its weight (C_u, C_u, 1, 2) read as (C_u, 2*C_u)): same numbers, no tiny convolution.
         w = self.srm_conv.weight
@@ -70,7 +77,9 @@ class PATChannel(PartialSplit):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_p, x_u = self.split(x)
-        y_u = self.norm(x_u * self.channel_gate(x_u))
+        mean, std = srm_statistics(x_u, self.std_eps)
+        # norm(X_u * g); in training its batch statistics come from mean and std (gated_batch_norm)
+        y_u = gated_batch_norm(self.norm, x_u, self.gate_from_statistics(mean, std), mean, std)
         return torch.cat((self.conv(x_p), dense_grad(y_u)), dim=1)
 
 
