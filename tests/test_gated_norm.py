@@ -101,3 +101,16 @@ def test_other_norm_types_and_one_value_per_channel_call_the_norm():
     m1, s1 = srm_statistics(one, 1e-10)
     with pytest.raises(ValueError, match="more than 1 value per channel"):  # batch norm's own error
         gated_batch_norm(nn.BatchNorm2d(8).train(), one, gate[:1], m1, s1)
+
+
+def test_half_precision_input_keeps_its_dtype_under_autocast():
+    """Under bf16 autocast the statistics are taken in float32 and the output keeps the input's
+    dtype, as batch norm's does; values agree within bf16 rounding."""
+    m = _module(32).train()
+    ref = copy.deepcopy(m)
+    x = (torch.randn(4, 32, 8, 8) + 1.0).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_ref = m(x), plain_forward(ref, x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    err = (y.float() - y_ref.float()).abs().max().item()
+    assert err <= 2 ** -6 * y_ref.float().abs().max().item(), err
