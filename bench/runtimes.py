@@ -8,8 +8,9 @@ the machine's matmul / 1x1-conv rate that the best runtime reaches.
    (512 -> 512 on 32x28x28), same threads, timed in the same rounds as the runtimes of 2 (so a
    drift in the machine's speed hits both); the higher of the two is "the matmul rate".
 2. PartialNet-T0 fused, batch 32, per runtime: images/s, achieved MAC rate (the fused form's
-   MACs x images/s) and its share of the matmul rate. Then the ceiling of that share with
-   PyTorch's kernels on this machine: every conv and linear layer timed alone on the input it
+   MACs x images/s) and its share of the matmul rate; each runtime also in throughput mode
+   (``streams`` = the thread count: the batch as that many concurrent one-thread chunks). Then
+   the ceiling of that share with PyTorch's kernels on this machine: every conv and linear layer timed alone on the input it
    gets in the forward, by kind of layer, with everything else counted as free.
 3. Batch-1 latency, fused, per runtime: PartialNet-T0 vs FasterNet-T0 and PartialNet-T1 vs
    FasterNet-T1, timed round-robin in this one process; wall time and process CPU time (the
@@ -82,6 +83,23 @@ def build_runners(names, runtimes, size: int) -> tuple[dict, dict]:
             check_runner(runner, model, x, rt)
             runners[(name, rt)] = runner
     return runners, macs
+
+
+def stream_runners(name: str, runtimes, size: int, streams: int, batch: int) -> dict:
+    """{'<runtime> x<streams> streams': runner} of ``name``'s fused form in throughput mode (each
+    batch as ``streams`` concurrent chunks; partialnet.measure.runtimes), outputs checked, the
+    graphs for ``batch`` built ahead."""
+    torch.manual_seed(0)
+    model = partialnet.create_model(name).eval()
+    fused = fuse(model)
+    x = torch.randn(max(2, streams), 3, size, size, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for rt in runtimes:
+        runner = make_runner(rt, fused, size, streams=streams)
+        runner.prepare(batch)
+        check_runner(runner, model, x, f"{rt} x{streams} streams")
+        out[f"{rt} x{streams} streams"] = runner
+    return out
 
 
 def batch1_table(title: str, runners: dict, runtimes, x: torch.Tensor, args) -> None:
@@ -297,6 +315,10 @@ def main(argv=None) -> int:
     xb = torch.randn(args.batch, 3, args.size, args.size)
     timed = {k: (lambda _x, call=call: call()) for k, (call, _) in kernels.items()}
     timed.update({rt: runners[(t0_name, rt)] for rt in runtimes})
+    # throughput mode: the batch as one chunk per thread, the chunks at the same time
+    streamed = stream_runners(t0_name, [rt for rt in runtimes if rt != "compile"], args.size, threads,
+                              args.batch) if threads > 1 and args.batch >= threads else {}
+    timed.update(streamed)
     res = round_robin(timed, xb, args.warmup, args.runs)
     rates = {k: macs_k / statistics.median(res[k][0]) for k, (_, macs_k) in kernels.items()}
     peak = max(rates.values())
@@ -306,13 +328,17 @@ def main(argv=None) -> int:
     print(f"| {t0_name} fused, batch {args.batch} | images/s median (min-max) | GMAC/s | share of the matmul rate |")
     print("|---|---|---|---|")
     best = None
-    for rt in runtimes:
+    for rt in [*runtimes, *streamed]:
         wall = res[rt][0]
         ips = args.batch / statistics.median(wall)
         rate = macs[t0_name] * ips
         best = max(best or (0, ""), (rate, rt))
         print(f"| {rt} | {ips:.1f} ({args.batch / max(wall):.1f}-{args.batch / min(wall):.1f}) | {rate / 1e9:.1f} | "
               f"{100 * rate / peak:.0f} % |")
+    if streamed:
+        print(f"\n'x{threads} streams': throughput mode (make_runner(..., streams={threads}), eval.py "
+              f"streams={threads}): the batch of {args.batch} as {threads} chunks run at the same time, one thread "
+              "each; the other rows run the whole batch on all threads.")
     print(f"\nbest runtime for {t0_name} at batch {args.batch}: {best[1]}, {100 * best[0] / peak:.0f} % of the "
           f"machine's matmul/1x1-conv rate (target >= 85 %: {'met' if best[0] >= 0.85 * peak else 'not met'})\n")
     ceiling_table(t0_name, xb, macs[t0_name], best[0] / peak, kernels)

@@ -12,10 +12,23 @@ compares a runner's outputs with the model's own eval outputs and raises a one-l
   fixed-batch graph per batch size
   (built on first use or by ``runner.prepare(batch_size)``, checked against the fused model).
 - ``openvino``: the same, each ONNX file compiled by OpenVINO for its CPU plugin, fp32 precision.
+
+``streams=N`` (``eager``, ``onnxruntime``, ``openvino``; CPU): throughput mode. A batch of at least N
+images is cut into N contiguous chunks that run at the same time, each on ``threads // N`` threads
+(OpenVINO: one compiled model with N streams and one infer request per stream; onnxruntime: one
+session per chunk size whose runs go on concurrently; eager: the fused model called from N Python
+threads while torch runs ``threads // N`` intra-op threads), and the outputs are concatenated in
+order. A smaller batch (one image) runs as with ``streams=1`` on all threads. On a 2-core CPU,
+PartialNet-T0 at batch 32 as two 16-image streams of one thread each: OpenVINO 220 -> 280
+images/s, onnxruntime 191 -> 231, eager 158 -> 217 (intra-op threads synchronise at every one of
+the hundreds of layers; streams do not). ``torch.compile`` takes ``streams=1`` only (its kernels
+keep the thread count they were compiled with).
 """
 from __future__ import annotations
 
+import queue
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +60,7 @@ class _StaticBatchRunner:
     graph is timed that computes something else."""
 
     def __init__(self, fused: nn.Module, input_size: int, compile_graph, name: str, tol: float = 1e-4):
+        # compile_graph(onnx_path) -> a callable graph; it must allow concurrent calls when streams run it
         self.fused, self.input_size, self.compile_graph, self.name, self.tol = fused, input_size, compile_graph, name, tol
         self.graphs: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
 
@@ -73,11 +87,13 @@ class _StaticBatchRunner:
         return torch.from_numpy(self.graphs[n](x.detach().cpu().numpy().astype(np.float32)))
 
 
-def _onnxruntime_graph(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _onnxruntime_graph(path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An onnxruntime session on ``threads`` intra-op threads (torch's count by default); its runs
+    may go on concurrently (onnxruntime's sessions allow that)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = _threads()
+    opts.intra_op_num_threads = threads or _threads()
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # idle intra-op threads sleep instead of spinning: on a small CPU a spinning thread takes the
@@ -88,31 +104,87 @@ def _onnxruntime_graph(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: sess.run(None, {name: x})[0]
 
 
-def _openvino_graph(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _openvino_graph(path: Path, streams: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """The graph compiled by OpenVINO's CPU plugin on torch's thread count: one stream on all of
+    them, or ``streams`` streams sharing them, with one infer request per stream (concurrent calls
+    each take a free request)."""
     import openvino as ov
 
     core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": _threads(), "INFERENCE_PRECISION_HINT": "f32"}
+    if streams > 1:
+        config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams})
     # the CPU plugin swaps this thread's signal stack and, released out of order, leaves a freed one
     with preserved_signal_stack():
-        compiled = core.compile_model(
-            core.read_model(str(path)),
-            "CPU",
-            {"INFERENCE_NUM_THREADS": _threads(), "INFERENCE_PRECISION_HINT": "f32"},
-        )
-        request = compiled.create_infer_request()
-    return lambda x: np.array(next(iter(request.infer({0: x}).values())))
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        free = queue.SimpleQueue()
+        for _ in range(streams):
+            free.put(compiled.create_infer_request())
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request = free.get()
+        try:
+            return np.array(next(iter(request.infer({0: x}).values())))
+        finally:
+            free.put(request)
+
+    return run
 
 
-def make_runner(runtime: str, fused: nn.Module, input_size: int, device: torch.device | str = "cpu") -> Runner:
+class _Streams:
+    """Throughput mode (see the module docstring): a batch of at least ``streams`` images as that many
+    contiguous chunks run at the same time by ``chunked``, each on ``threads // streams`` threads; a
+    smaller batch goes to ``whole`` (all threads). ``torch_threads``: set torch's intra-op thread
+    count to the per-stream count while the chunks run (eager), and back afterwards."""
+
+    def __init__(self, whole: Runner, chunked: Runner, streams: int, torch_threads: bool):
+        self.whole, self.chunked, self.streams, self.torch_threads = whole, chunked, int(streams), torch_threads
+        self.pool = ThreadPoolExecutor(self.streams, thread_name_prefix="partialnet-stream")
+
+    def chunk_sizes(self, batch_size: int) -> list[int]:
+        base, extra = divmod(batch_size, self.streams)
+        return [base + (i < extra) for i in range(self.streams)]
+
+    def prepare(self, batch_size: int) -> None:
+        if batch_size < self.streams:
+            if callable(getattr(self.whole, "prepare", None)):
+                self.whole.prepare(batch_size)
+        elif callable(getattr(self.chunked, "prepare", None)):
+            for size in sorted(set(self.chunk_sizes(batch_size))):
+                self.chunked.prepare(size)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = int(x.shape[0])
+        if n < self.streams:
+            return self.whole(x)
+        self.prepare(n)
+        chunks = torch.split(x, self.chunk_sizes(n))
+        threads = torch.get_num_threads()
+        if self.torch_threads:
+            torch.set_num_threads(max(1, threads // self.streams))
+        try:
+            return torch.cat(list(self.pool.map(self.chunked, chunks)))
+        finally:
+            if self.torch_threads:
+                torch.set_num_threads(threads)
+
+
+def make_runner(runtime: str, fused: nn.Module, input_size: int, device: torch.device | str = "cpu",
+                streams: int = 1) -> Runner:
     """``runner(x) -> logits`` of the fused model ``fused`` on ``runtime`` (one of :data:`RUNTIMES`).
 
     ``onnxruntime`` and ``openvino`` run on the CPU at a fixed ``input_size`` (any batch size: one
     static graph each, see :class:`_StaticBatchRunner`; ``runner.prepare(n)`` builds it ahead).
+    ``streams`` > 1: throughput mode on the CPU (module docstring).
     """
     if runtime not in RUNTIMES:
         raise UserError(f"runtime={runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
+    if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
+        raise UserError(f"streams={streams!r} must be a whole number >= 1 (1: one stream on all threads)")
     device = torch.device(device)
     fused = fused.eval()
+    if streams > 1:
+        return _stream_runner(runtime, fused, int(input_size), device, streams)
     if runtime == "eager":
         return _inference(fused)
     if runtime == "compile":
@@ -129,6 +201,27 @@ def make_runner(runtime: str, fused: nn.Module, input_size: int, device: torch.d
             ) from None
         return _StaticBatchRunner(fused, int(input_size), _openvino_graph, runtime)
     return _StaticBatchRunner(fused, int(input_size), _onnxruntime_graph, runtime)
+
+
+def _stream_runner(runtime: str, fused: nn.Module, input_size: int, device: torch.device, streams: int) -> Runner:
+    if runtime == "compile":
+        raise UserError(f"streams={streams} is not available for runtime=compile (its kernels keep the thread count "
+                        "they were compiled with); use streams=1, or runtime=eager|onnxruntime|openvino")
+    if device.type != "cpu":
+        raise UserError(f"streams={streams} splits batches across CPU threads; use device=cpu or streams=1")
+    if streams > _threads():
+        raise UserError(f"streams={streams} is more than the {_threads()} thread(s) torch uses; "
+                        f"use at most streams={_threads()} (or raise the thread count)")
+    whole = make_runner(runtime, fused, input_size, device)
+    if runtime == "eager":
+        return _Streams(whole, whole, streams, torch_threads=True)
+    if runtime == "openvino":
+        chunked = _StaticBatchRunner(fused, input_size, lambda p: _openvino_graph(p, streams), f"{runtime} streams")
+    else:
+        per_stream = max(1, _threads() // streams)
+        chunked = _StaticBatchRunner(fused, input_size, lambda p: _onnxruntime_graph(p, per_stream),
+                                     f"{runtime} streams")
+    return _Streams(whole, chunked, streams, torch_threads=False)
 
 
 def _inference(module: Callable[[torch.Tensor], torch.Tensor]) -> Runner:

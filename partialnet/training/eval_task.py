@@ -92,15 +92,17 @@ def fused_forms(model, name: str, size: int, device, cfg) -> dict[str, dict]:
         raise UserError(f"fusing {name} failed ({type(e).__name__}: {e}); pass fused=false to skip the fused form") from e
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     s = cfg.speed
+    streams = cfg.get("streams", 1)
     out = {}
     for runtime in runtimes_of(cfg):
-        runner = make_runner(runtime, fused, size, device)
-        diff = check_runner(runner, model, x, f"{runtime} (fused {name})")
-        timing = dict(warmup=int(s.warmup), runs=int(s.runs), runtime=runtime)
+        runner = make_runner(runtime, fused, size, device, streams=streams)
+        label = runtime if streams == 1 else f"{runtime} x{streams} streams"
+        diff = check_runner(runner, model, x, f"{label} (fused {name})")
+        timing = dict(warmup=int(s.warmup), runs=int(s.runs), runtime=label)
         thr = time_runner(runner, int(s.batch_size), size, device, **timing)
         lat = time_runner(runner, 1, size, device, **timing)
-        out[runtime] = {"throughput": thr.as_dict(), "latency": lat.as_dict(), "runtime": runtime,
-                        "max_abs_diff": diff}
+        out[label] = {"throughput": thr.as_dict(), "latency": lat.as_dict(), "runtime": runtime,
+                      "streams": streams, "max_abs_diff": diff}
     return out
 
 
