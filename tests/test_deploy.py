@@ -202,6 +202,30 @@ def test_batch1_token_form_follows_new_weights():
     assert_equivalent(b, fuse(b), x)
 
 
+@pytest.mark.parametrize("name", ["partialnet_t0", "patnet_t0"])
+def test_fuse_inside_inference_mode(name):
+    """A model built and fused inside torch.inference_mode() has inference-tensor weights, which
+    carry no version counter: the fused forward still runs (its derived constants are then not
+    cached) and gives the same outputs as the model fused outside, at one image and at two, and
+    follows an in-place change of those weights."""
+    model = build(name, seed=3)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = fuse(model)(x)
+    with torch.inference_mode():
+        fused = fuse(model)
+        assert fused.stem.conv.weight.is_inference()
+        assert torch.allclose(fused(x), expected, atol=TOL, rtol=0)
+        assert torch.allclose(fused(x[:1]), expected[:1], atol=TOL, rtol=0)
+        first = fused(x[:1])
+        for m in fused.modules():
+            if isinstance(m, FusedPATChannel):
+                m.srm.weight.mul_(1.5)
+            elif isinstance(m, FusedPATSelf):
+                m.rpe_table.mul_(1.5)
+        assert not torch.equal(fused(x[:1]), first)
+
+
 def test_fused_train_mode_input_and_grad_mode():
     """BNs fold with running stats (eval semantics) even when the input model is in train mode;
     with autograd on, the fused model runs out of place and still agrees."""

@@ -160,6 +160,13 @@ def _writes_in_place(forward_type: str) -> bool:
     return forward_type == "slicing" and not torch.is_grad_enabled() and not is_capturing_graph()
 
 
+def _version_counter(t: torch.Tensor) -> int | None:
+    """The in-place version of ``t``, the key under which values derived from it are cached; None
+    for an inference tensor (a model fused inside ``torch.inference_mode()``), which has no version
+    counter: such values are then recomputed at every call instead of cached."""
+    return None if t.is_inference() else t._version
+
+
 # --------------------------------------------------------------------------- fused modules
 class FusedStem(nn.Module):
     """Stem conv with its BN folded; optionally moves the input to channels_last first."""
@@ -233,13 +240,14 @@ class FusedPATChannel(nn.Module):
         std halves, transposed. Kept for one size and one version of the weight (new weights, or
         weights changed in place, recompute them); not part of the state dict."""
         w = self.srm.weight
-        key = (n, w.dtype, w.device, w.data_ptr(), w._version)
+        key = (n, w.dtype, w.device, w.data_ptr(), _version_counter(w))
         consts = self._token_cache.get(key)
         if consts is None:
             with torch.no_grad():
                 cu = self.dim_untouched
                 consts = (*averaging_rows(n, w), w[:, :cu].t().contiguous(), w[:, cu:].t().contiguous())
-            self._token_cache = {key: consts}
+            if key[-1] is not None:
+                self._token_cache = {key: consts}
         return consts
 
     def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -344,12 +352,13 @@ class FusedPATSelf(nn.Module):
         table = self.rpe_table
         if is_capturing_graph():
             return table[:, self.bucket_index(height, width)]
-        key = (int(height), int(width), str(table.device), table.dtype, table._version)
+        key = (int(height), int(width), str(table.device), table.dtype, _version_counter(table))
         bias = self._bias_cache.get(key)
         if bias is None:
             with torch.no_grad():
                 bias = table[:, self.bucket_index(height, width)].contiguous()
-            self._bias_cache = {key: bias}  # one size at a time; a new size or new weights recompute
+            if key[-1] is not None:  # one size at a time; a new size or new weights recompute
+                self._bias_cache = {key: bias}
         return bias
 
     def attention(self, x_u: torch.Tensor) -> torch.Tensor:
