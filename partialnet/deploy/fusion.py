@@ -371,6 +371,8 @@ class FusedPATSelf(nn.Module):
         qkv = qkv.permute(0, 2, 3, 1).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         attn = (q @ k.transpose(-2, -1) + self.rpe_bias(h, w)).softmax(dim=-1)
+        if is_capturing_graph():  # heads merged straight into an NCHW map: see layers.pat_self.merge_heads
+            return self.proj((attn @ v).transpose(2, 3).reshape(b, c, h, w))
         out = (attn @ v).transpose(1, 2).reshape(b, h, w, c)
         return self.proj(out.permute(0, 3, 1, 2))
 

@@ -12,8 +12,9 @@ from timm.layers import LayerNorm2d
 
 from partialnet.models.layers.pconv import PartialSplit
 from partialnet.models.layers.rpe import DEFAULT_NUM_BUCKETS, EuclideanRPE
+from partialnet.utils.graph_capture import is_capturing_graph
 
-__all__ = ["heads_for", "PATSelf"]
+__all__ = ["heads_for", "merge_heads", "PATSelf"]
 
 
 def heads_for(channels: int, num_heads: int) -> int:
@@ -25,6 +26,19 @@ def heads_for(channels: int, num_heads: int) -> int:
         if channels % heads == 0:
             return heads
     return 1
+
+
+def merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, head_dim) attention outputs as one (B, N, heads*head_dim) token matrix.
+
+    Under a graph capture (ONNX export) the heads are merged through (B, heads*head_dim, N): OpenVINO's
+    CPU plugin (2026.4) miscomputes the direct (B, heads, N, d) -> (B, N, heads, d) -> (B, N, C) form when
+    heads == N, e.g. 4 heads on the 2x2 last stage of a 64-px input (relative error 6 %); both forms are
+    the same values."""
+    b, heads, n, d = out.shape
+    if is_capturing_graph():
+        return out.transpose(2, 3).reshape(b, heads * d, n).transpose(1, 2)
+    return out.transpose(1, 2).reshape(b, n, heads * d)
 
 
 class PATSelf(PartialSplit):
@@ -73,7 +87,7 @@ class PATSelf(PartialSplit):
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = attn + self.rpe(h, w)
         attn = self.attn_drop(attn.softmax(dim=-1))
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        out = merge_heads(attn @ v)  # (B, N, C_u)
         out = self.proj_drop(self.proj(out))
         return out.transpose(1, 2).reshape(b, c, h, w)
 
