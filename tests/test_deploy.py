@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import partialnet
 from partialnet.deploy import export_onnx, fuse, is_fused, onnx_max_abs_diff, set_forward_type
-from partialnet.deploy.fusion import FusedMlp, FusedPATChannel, FusedPATSelf
+from partialnet.deploy.fusion import FusedBlock, FusedMlp, FusedPATChannel, FusedPATSelf
 from partialnet.errors import UserError
 from partialnet.models.layers import EuclideanRPE, PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d
 
@@ -143,9 +143,12 @@ def test_fused_batch1_eval_configs(name, kwargs, size):
 
 
 def test_batch1_inference_runs_on_the_token_matrix(monkeypatch):
-    """For one image every fused PAT_ch, MLP and PAT_sf works on the (H*W, C) token matrix (each
-    one's output stays channels_last, so the next one can too): PAT_ch and the MLP in the in-place
-    form without autograd, PAT_sf in any eager form. Two images or a graph capture run the other forms."""
+    """For one image every fused block works on the (H*W, C) token matrix (each one's output stays
+    channels_last, so the next one can too): in the in-place form without autograd a block hands
+    its mixer's two halves (PAT_ch: with the gate) straight to fc1 and runs the rest of the MLP on
+    the hidden matrix (a PAT_sf block, x + mixer(x) first, runs its MLP's own token form); PAT_sf's
+    attention works on tokens in any eager form. Two images, autograd
+    or a graph capture run the other forms."""
     model = build("partialnet_t0", seed=13)
     with torch.no_grad():  # one PAT_sp BN scale at 0: the MLP that keeps the scale apart, in this path too
         model.stages[1].blocks[0].mlp.pat_sp.attn_norm.weight[2] = 0.0
@@ -156,31 +159,44 @@ def test_batch1_inference_runs_on_the_token_matrix(monkeypatch):
         real = getattr(cls, name)
 
         def wrapped(self, *args):
-            calls[cls.__name__] = calls.get(cls.__name__, 0) + 1
+            calls[f"{cls.__name__}.{name}"] = calls.get(f"{cls.__name__}.{name}", 0) + 1
             return real(self, *args)
 
         monkeypatch.setattr(cls, name, wrapped)
 
-    spy(FusedPATChannel, "_forward_tokens")
-    spy(FusedMlp, "_forward_tokens")
+    spy(FusedBlock, "_forward_tokens")
+    spy(FusedPATChannel, "token_halves")
+    spy(FusedMlp, "after_fc1_tokens")
     spy(FusedPATSelf, "attention_tokens")
-    counts = {c.__name__: sum(isinstance(m, c) for m in fused.modules()) for c in (FusedPATChannel, FusedMlp, FusedPATSelf)}
+    counts = {c.__name__: sum(isinstance(m, c) for m in fused.modules())
+              for c in (FusedBlock, FusedPATChannel, FusedMlp, FusedPATSelf)}
     assert all(counts.values())
+    # PAT_sf blocks have their own residual (x + mixer(x) first): their MLP reads the sum, not the halves
+    v2 = sum(isinstance(m, FusedBlock) and m.mixer_residual for m in fused.modules())
+    assert v2 == counts["FusedPATSelf"]
     one = torch.randn(1, 3, 96, 96)
     assert_equivalent(model, fused, one)  # logits and features, in the slicing and the split_cat form
-    # PAT_ch and the MLP write into their own intermediates: the slicing form only; PAT_sf does not
-    expected = {k: (4 if k == "FusedPATSelf" else 2) * v for k, v in counts.items()}
-    assert calls == expected
+    # the block's token form: the slicing form only (two forwards); PAT_sf's attention: both forms
+    assert calls == {"FusedBlock._forward_tokens": 2 * (counts["FusedBlock"] - v2),
+                     "FusedPATChannel.token_halves": 2 * counts["FusedPATChannel"],
+                     "FusedMlp.after_fc1_tokens": 2 * counts["FusedMlp"],
+                     "FusedPATSelf.attention_tokens": 4 * counts["FusedPATSelf"]}
     calls.clear()
     with torch.no_grad():
         fused(torch.randn(2, 3, 96, 96))
     assert calls == {}
-    out = fused(one)  # autograd on: no in-place writes, so neither PAT_ch nor the MLP take the token form
-    assert out.requires_grad and set(calls) <= {"FusedPATSelf"}
+    out = fused(one)  # autograd on: no in-place writes, so only PAT_sf takes its token form
+    assert out.requires_grad and set(calls) <= {"FusedPATSelf.attention_tokens"}
     calls.clear()
     with torch.no_grad():
         torch.jit.trace(fused, (one,), check_trace=False)
     assert calls == {}
+    # FasterNet's PConv blocks: the untouched half goes to fc1 as a view of the input tokens
+    faster = build("fasternet_t0", seed=13)
+    fused_faster = fuse(faster)
+    assert_equivalent(faster, fused_faster, one)
+    assert calls == {"FusedBlock._forward_tokens": 2 * sum(isinstance(m, FusedBlock) for m in fused_faster.modules()),
+                     "FusedMlp.after_fc1_tokens": 2 * sum(isinstance(m, FusedMlp) for m in fused_faster.modules())}
 
 
 def test_batch1_token_form_follows_new_weights():
@@ -199,6 +215,11 @@ def test_batch1_token_form_follows_new_weights():
         assert not torch.equal(fused_a(x), fuse(b)(x))  # the in-place change took effect
         y = torch.randn(1, 3, 96, 80)
         assert (fused_a(y) - fused_b(y)).abs().max().item() == 0
+        # the block's split of fc1 (cached per weight version) follows an in-place change too
+        fused_b.stages[0].blocks[0].mlp.fc1.weight.mul_(1.5)
+        got = fused_b(x)
+        set_forward_type(fused_b, "split_cat")  # no token form, no cache
+        assert (got - fused_b(x)).abs().max().item() <= TOL
     assert_equivalent(b, fuse(b), x)
 
 

@@ -41,7 +41,11 @@ intermediate tensors in place. For one image in eager mode, PAT_ch, the MLP (wit
 and PAT_sf work directly on the map's (H*W, C) token matrix
 (:mod:`partialnet.models.layers.token_view`): the same arithmetic in fewer operator calls (a
 PartialNet-T0 stage-3 block: 89 instead of 127 profiler events, PAT_ch 16 top-level calls instead
-of 26), which is what a batch-1 CPU forward pays for. :func:`set_forward_type` switches every
+of 26), which is what a batch-1 CPU forward pays for. A block whose MLP reads its mixer's output
+(PAT_ch, PConv) then never assembles that output: the conv half and the untouched half go into
+fc1 as two matrix products, PAT_ch's gate scaling fc1's weight rows instead of the tokens (no
+concatenation, no product over the map; 3-4 % of the batch-1 forward for PartialNet and FasterNet
+on 2 threads). :func:`set_forward_type` switches every
 fused module to the out-of-place ``'split_cat'`` form, which is what ONNX export uses (in-place slice writes blew up
 FasterNet's ONNX graphs, FasterNet issue #16). Both forms give the same outputs and run on any
 input size the original model accepts.
@@ -250,16 +254,21 @@ class FusedPATChannel(nn.Module):
                 self._token_cache = {key: consts}
         return consts
 
-    def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """One image: statistics, gate and product on the (H*W, C) token matrix of x (no permutes,
-        no unsqueezes, the SRM Linear as two products with its cached halves), then one
-        concatenation with the conv half; the output is channels_last."""
+    def token_halves(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One image (``tokens`` its (H*W, C) matrix, H*W >= 2): this module's output is
+        ``[conv | untouched * gate]``, returned unassembled as the conv half's map, the untouched
+        half (a view of ``tokens``) and the (1, C_u) gate. Statistics and gate work on the token
+        matrix (no permutes, no unsqueezes, the SRM Linear as two products with its cached halves)."""
         mean_row, var_row, w_mean, w_std = self._token_constants(tokens.shape[0])
         t_u = tokens[:, self.dim_conv :]
         mean, std = token_mean_std(t_u, self.std_eps, (mean_row, var_row))
         g = F.hardsigmoid(torch.addmm(self.srm.bias, mean, w_mean).addmm_(std, w_std), inplace=True)
-        y_u = token_map(t_u * g, x.shape[2], x.shape[3])
-        return torch.cat((self.conv(x[:, : self.dim_conv]), y_u), dim=1)
+        return self.conv(x[:, : self.dim_conv]), t_u, g
+
+    def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """One image: :meth:`token_halves`, the product, one concatenation; the output is channels_last."""
+        conv, t_u, g = self.token_halves(x, tokens)
+        return torch.cat((conv, token_map(t_u * g, x.shape[2], x.shape[3])), dim=1)
 
     def _forward_full_width(self, x: torch.Tensor) -> torch.Tensor:
         """The out-of-place (export) form, with no split of ``x`` into both halves: the statistics
@@ -388,10 +397,16 @@ class FusedPATSelf(nn.Module):
         out = (attn @ v).transpose(0, 1).reshape(n, c)
         return self.proj.linear(out)
 
+    def token_halves(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """One image: this module's output ``[conv | attention]`` unassembled, as the conv half's map
+        and the (H*W, C_u) attention output (no gate: None)."""
+        y_u = self.attention_tokens(tokens[:, self.dim_conv :], x.shape[2], x.shape[3])
+        return self.conv(x[:, : self.dim_conv]), y_u, None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (tokens := token_matrix(x)) is not None:  # one image (eager)
-            y_u = self.attention_tokens(tokens[:, self.dim_conv :], x.shape[2], x.shape[3])
-            return torch.cat((self.conv(x[:, : self.dim_conv]), token_map(y_u, x.shape[2], x.shape[3])), dim=1)
+            conv, y_u, _ = self.token_halves(x, tokens)
+            return torch.cat((conv, token_map(y_u, x.shape[2], x.shape[3])), dim=1)
         x_p, x_u = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
         return torch.cat((self.conv(x_p), self.attention(x_u)), dim=1)
 
@@ -436,6 +451,7 @@ class FusedMlp(nn.Module):
             self.gate_weight = self.attn_shift = None
         self.register_buffer("attn_scale", None)  # set by fuse() when s_a is not folded into fc2
         self.forward_type = forward_type
+        self._fc1_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _gate(self, y_a: torch.Tensor) -> torch.Tensor:
         """hardsigmoid(gate_weight . X_a'): (B, 1, H, W) for a map, (H*W, 1) for a token matrix."""
@@ -483,21 +499,39 @@ class FusedMlp(nn.Module):
         off = torch.cat((torch.zeros_like(scale), pad + 1), dim=1)
         return y * (g * on + off) + torch.cat((self.attn_shift, pad), dim=1)
 
+    def fc1_halves(self, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """fc1's weight as two (in, hidden) matrices, for its first ``split`` input channels and the
+        rest, so that ``fc1([a | b]) = bias + a @ first + b @ rest``. Kept for one split and one
+        version of the weight (as PAT_ch's token constants); not part of the state dict."""
+        w = self.fc1.weight
+        key = (split, w.dtype, w.device, w.data_ptr(), _version_counter(w))
+        halves = self._fc1_cache.get(key)
+        if halves is None:
+            with torch.no_grad():
+                w2 = w.flatten(1)
+                halves = (w2[:, :split].t().contiguous(), w2[:, split:].t().contiguous())
+            if key[-1] is not None:
+                self._fc1_cache = {key: halves}
+        return halves
+
     def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """One image, in place: both 1x1 convs as matrix products on the (H*W, C) token matrix, the
         activation and the PAT_sp half in the hidden/output matrices themselves; the result is
         returned as a channels_last map view of the output matrix."""
-        h = self.fc1.linear(tokens)
+        return self.after_fc1_tokens(self.fc1.linear(tokens), x.shape[2], x.shape[3])
+
+    def after_fc1_tokens(self, h: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The rest of :meth:`_forward_tokens` from fc1's (H*W, hidden) output ``h`` (overwritten)."""
         # the activation on the hidden map view: one image keeps PyTorch's generic CPU kernel, which
         # measured faster here than oneDNN's on the matrix itself (see dense_activation)
-        h_map = token_map(h, x.shape[2], x.shape[3])
+        h_map = token_map(h, height, width)
         a_map = dense_activation(self.act, h_map, inplace=True)
         if a_map is not h_map:  # an activation without an in-place form
             h = a_map.permute(0, 2, 3, 1).reshape(h.shape)
         y = self.fc2.linear(h)
         if self.pat_sp:
             self._finish_attention_half(y[:, : self.dim_attn])
-        return token_map(y, x.shape[2], x.shape[3])
+        return token_map(y, height, width)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, pat_sp={self.pat_sp}, forward_type={self.forward_type!r}"
@@ -522,11 +556,35 @@ class FusedBlock(nn.Module):
             if self.mixer_residual:
                 x = self.mixer(x).add_(x)
                 return self.mlp(x).add_(x)
+            if (self.mlp.pointwise and x.shape[-2] * x.shape[-1] > 1
+                    and (tokens := token_matrix(x)) is not None):
+                return self._forward_tokens(x, tokens)
             return self.mlp(self.mixer(x)).add_(x)
         if self.mixer_residual:
             x = x + self.mixer(x)
             return x + self.mlp(x)
         return x + self.mlp(self.mixer(x))
+
+    def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """One image, in place, on its (H*W, C) token matrix: the mixer's two halves go straight
+        into fc1 without being assembled, ``fc1([conv | rest * gate]) = bias + conv @ W_a +
+        rest @ (gate * W_b)`` (the gate scales W_b's rows, C_u x hidden, instead of the H*W x C_u
+        half; PConv's untouched half is a view of x), then the rest of the MLP and the residual."""
+        mixer, cp = self.mixer, self.mixer.dim_conv
+        if isinstance(mixer, (FusedPATChannel, FusedPATSelf)):
+            conv, rest, gate = mixer.token_halves(x, tokens)
+        else:  # PConv
+            conv, rest, gate = mixer.conv(x[:, :cp]), tokens[:, cp:], None
+        conv_tokens = token_matrix(conv)
+        if conv_tokens is None:
+            conv_tokens = conv.permute(0, 2, 3, 1).reshape(-1, cp)
+        w_conv, w_rest = self.mlp.fc1_halves(cp)
+        if gate is not None:
+            w_rest = w_rest * gate.t()
+        bias = self.mlp.fc1.bias
+        h = torch.mm(conv_tokens, w_conv) if bias is None else torch.addmm(bias, conv_tokens, w_conv)
+        h.addmm_(rest, w_rest)
+        return self.mlp.after_fc1_tokens(h, x.shape[2], x.shape[3]).add_(x)
 
     def extra_repr(self) -> str:
         return f"mixer_residual={self.mixer_residual}, forward_type={self.forward_type!r}"
