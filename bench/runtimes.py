@@ -247,7 +247,8 @@ def openvino_kinds(name: str, size: int, threads: int, iters: int = 10) -> dict[
 @contextlib.contextmanager
 def token_forms_off():
     """The fused modules' one-image token-matrix forms switched off (as if no input had a token
-    matrix): PAT_ch, the MLP and PAT_sf then run their map forms, as before those forms existed."""
+    matrix): the blocks (mixer halves straight into fc1), PAT_ch, the MLP and PAT_sf then run their
+    map forms, as before those forms existed."""
     real = fusion.token_matrix
     fusion.token_matrix = lambda x: None
     try:
