@@ -44,8 +44,8 @@ PartialNet-T0 stage-3 block: 89 instead of 127 profiler events, PAT_ch 16 top-le
 of 26), which is what a batch-1 CPU forward pays for. A block whose MLP reads its mixer's output
 (PAT_ch, PConv) then never assembles that output: the conv half and the untouched half go into
 fc1 as two matrix products, PAT_ch's gate scaling fc1's weight rows instead of the tokens (no
-concatenation, no product over the map; 3-4 % of the batch-1 forward for PartialNet and FasterNet
-on 2 threads). :func:`set_forward_type` switches every
+concatenation, no product over the map; 2-4 % of the batch-1 forward for PartialNet and 1-4 % for
+FasterNet on 2 threads). :func:`set_forward_type` switches every
 fused module to the out-of-place ``'split_cat'`` form, which is what ONNX export uses (in-place slice writes blew up
 FasterNet's ONNX graphs, FasterNet issue #16). Both forms give the same outputs and run on any
 input size the original model accepts.
@@ -53,7 +53,7 @@ input size the original model accepts.
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -164,11 +164,21 @@ def _writes_in_place(forward_type: str) -> bool:
     return forward_type == "slicing" and not torch.is_grad_enabled() and not is_capturing_graph()
 
 
-def _version_counter(t: torch.Tensor) -> int | None:
-    """The in-place version of ``t``, the key under which values derived from it are cached; None
-    for an inference tensor (a model fused inside ``torch.inference_mode()``), which has no version
-    counter: such values are then recomputed at every call instead of cached."""
-    return None if t.is_inference() else t._version
+def _derived(module: nn.Module, cache: str, key: tuple, source: torch.Tensor, compute: Callable[[], Any]) -> Any:
+    """``compute()`` (run without autograd), a value derived from ``source`` (a weight), kept in
+    ``module.<cache>`` for one ``key`` and one version of ``source``: new weights, or weights changed
+    in place, recompute it. Not part of the state dict. An inference tensor (a model fused inside
+    ``torch.inference_mode()``) has no version counter, so its values are recomputed at every call."""
+    if source.is_inference():
+        with torch.no_grad():
+            return compute()
+    full_key = (*key, source.dtype, source.device, source.data_ptr(), source._version)
+    value = getattr(module, cache).get(full_key)
+    if value is None:
+        with torch.no_grad():
+            value = compute()
+        setattr(module, cache, {full_key: value})  # one entry: the latest size and weights
+    return value
 
 
 # --------------------------------------------------------------------------- fused modules
@@ -241,18 +251,10 @@ class FusedPATChannel(nn.Module):
 
     def _token_constants(self, n: int) -> tuple[torch.Tensor, ...]:
         """For the token form at n positions: the two averaging rows and the SRM weight's mean and
-        std halves, transposed. Kept for one size and one version of the weight (new weights, or
-        weights changed in place, recompute them); not part of the state dict."""
-        w = self.srm.weight
-        key = (n, w.dtype, w.device, w.data_ptr(), _version_counter(w))
-        consts = self._token_cache.get(key)
-        if consts is None:
-            with torch.no_grad():
-                cu = self.dim_untouched
-                consts = (*averaging_rows(n, w), w[:, :cu].t().contiguous(), w[:, cu:].t().contiguous())
-            if key[-1] is not None:
-                self._token_cache = {key: consts}
-        return consts
+        std halves, transposed; kept per size by :func:`_derived`."""
+        w, cu = self.srm.weight, self.dim_untouched
+        return _derived(self, "_token_cache", (n,), w, lambda: (
+            *averaging_rows(n, w), w[:, :cu].t().contiguous(), w[:, cu:].t().contiguous()))
 
     def token_halves(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One image (``tokens`` its (H*W, C) matrix, H*W >= 2): this module's output is
@@ -361,14 +363,8 @@ class FusedPATSelf(nn.Module):
         table = self.rpe_table
         if is_capturing_graph():
             return table[:, self.bucket_index(height, width)]
-        key = (int(height), int(width), str(table.device), table.dtype, _version_counter(table))
-        bias = self._bias_cache.get(key)
-        if bias is None:
-            with torch.no_grad():
-                bias = table[:, self.bucket_index(height, width)].contiguous()
-            if key[-1] is not None:  # one size at a time; a new size or new weights recompute
-                self._bias_cache = {key: bias}
-        return bias
+        return _derived(self, "_bias_cache", (int(height), int(width)), table,
+                        lambda: table[:, self.bucket_index(height, width)].contiguous())
 
     def attention(self, x_u: torch.Tensor) -> torch.Tensor:
         """MHSA on the (B, C_u, H, W) half; ``qkv`` and ``proj`` are PointwiseConv2d (one GEMM each on
@@ -501,18 +497,10 @@ class FusedMlp(nn.Module):
 
     def fc1_halves(self, split: int) -> tuple[torch.Tensor, torch.Tensor]:
         """fc1's weight as two (in, hidden) matrices, for its first ``split`` input channels and the
-        rest, so that ``fc1([a | b]) = bias + a @ first + b @ rest``. Kept for one split and one
-        version of the weight (as PAT_ch's token constants); not part of the state dict."""
+        rest, so that ``fc1([a | b]) = bias + a @ first + b @ rest``; kept by :func:`_derived`."""
         w = self.fc1.weight
-        key = (split, w.dtype, w.device, w.data_ptr(), _version_counter(w))
-        halves = self._fc1_cache.get(key)
-        if halves is None:
-            with torch.no_grad():
-                w2 = w.flatten(1)
-                halves = (w2[:, :split].t().contiguous(), w2[:, split:].t().contiguous())
-            if key[-1] is not None:
-                self._fc1_cache = {key: halves}
-        return halves
+        return _derived(self, "_fc1_cache", (split,), w, lambda: (
+            w.flatten(1)[:, :split].t().contiguous(), w.flatten(1)[:, split:].t().contiguous()))
 
     def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """One image, in place: both 1x1 convs as matrix products on the (H*W, C) token matrix, the
@@ -575,15 +563,11 @@ class FusedBlock(nn.Module):
             conv, rest, gate = mixer.token_halves(x, tokens)
         else:  # PConv
             conv, rest, gate = mixer.conv(x[:, :cp]), tokens[:, cp:], None
-        conv_tokens = token_matrix(conv)
-        if conv_tokens is None:
-            conv_tokens = conv.permute(0, 2, 3, 1).reshape(-1, cp)
         w_conv, w_rest = self.mlp.fc1_halves(cp)
         if gate is not None:
             w_rest = w_rest * gate.t()
-        bias = self.mlp.fc1.bias
-        h = torch.mm(conv_tokens, w_conv) if bias is None else torch.addmm(bias, conv_tokens, w_conv)
-        h.addmm_(rest, w_rest)
+        # (fused fc1 always has a bias: the folded BN's shift; a channels_last conv map's tokens are a view)
+        h = torch.addmm(self.mlp.fc1.bias, conv.permute(0, 2, 3, 1).reshape(-1, cp), w_conv).addmm_(rest, w_rest)
         return self.mlp.after_fc1_tokens(h, x.shape[2], x.shape[3]).add_(x)
 
     def extra_repr(self) -> str:
