@@ -14,12 +14,12 @@ XDIST ?= -n 2 --dist worksteal
 # busy cores are 10x slower. (Benchmarks use the machine's threads.)
 TEST_ENV := OMP_NUM_THREADS=1
 
-.PHONY: help install apt venv ffcv test test-all demo bench lint clean wandb-sync
+.PHONY: help install apt venv ffcv kernels test test-all demo bench lint clean wandb-sync
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install: apt venv ffcv ## create .venv, install Debian packages and pinned Python packages (FFCV too)
+install: apt venv ffcv kernels ## create .venv, install Debian packages and pinned Python packages (FFCV too), build the C++ CPU kernels
 
 apt: ## install the Debian packages (apt-get, non-interactive; sudo when not root)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -36,6 +36,9 @@ venv: ## create .venv and install the package with pinned dependencies
 
 ffcv: venv ## FFCV and its build dependencies (Debian: pkg-config, libopencv-dev, libturbojpeg0-dev)
 	bash scripts/install_ffcv.sh $(PY)
+
+kernels: venv ## compile the C++ CPU kernels (fused BatchNorm + GELU; needs a C++ compiler, which `make install` gets with the ffcv step)
+	$(PY) -m partialnet.kernels
 
 test: ## fast test tier (CPU, no slow tests, two workers)
 	$(TEST_ENV) $(PY) -m pytest -m "not slow" -q $(XDIST) $(PYTEST_FLAGS)

@@ -52,7 +52,8 @@ import torch.nn.functional as F
 import partialnet
 from models import alternating, exit_on_bad_args, round_ratios  # bench/models.py
 from partialnet.models.backbone import Mlp
-from partialnet.models.layers import PartialConv, PATChannel, PATSelf, PointwiseConv2d
+from partialnet.models.layers import (PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d,
+                                      dense_activation)
 from partialnet.models.layers.dense_grad import dense_grad
 from partialnet.training.optim import build_optimizer
 
@@ -89,16 +90,26 @@ def pat_channel_with_plain_norm(pat: PATChannel, x: torch.Tensor) -> torch.Tenso
 
 
 def mlp_with_generic_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
-    """Mlp's forward with the activation called on the channels_last map itself (PyTorch's generic
-    CPU GELU kernel) instead of through dense_activation."""
+    """Mlp's forward with batch norm, then the activation called on the channels_last map itself
+    (PyTorch's generic CPU GELU kernel)."""
     return mlp.pat_sp(mlp.fc2(mlp.act(mlp.norm(mlp.fc1(x)))))
 
 
-# what "after" adds -> (the modules that carry it, the forward that runs them without it)
+def mlp_with_separate_norm_and_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
+    """Mlp's forward with batch norm, then the activation on the dense view of its output
+    (dense_activation): PyTorch's operators instead of the fused kernel."""
+    return mlp.pat_sp(mlp.fc2(dense_activation(mlp.act, mlp.norm(mlp.fc1(x)))))
+
+
+# what "after" adds -> (the modules that carry it, the forward that runs them without it, the
+# forward with it, None: the module's own)
 CHANGES = {
-    "small-map GEMM of the 1x1 convs (PointwiseConv2d)": (PointwiseConv2d, torch.nn.Conv2d.forward),
-    "MLP GELU on the dense view (dense_activation)": (Mlp, mlp_with_generic_activation),
-    "PAT_ch norm from the SRM statistics (gated_batch_norm)": (PATChannel, pat_channel_with_plain_norm),
+    "small-map GEMM of the 1x1 convs (PointwiseConv2d)": (PointwiseConv2d, torch.nn.Conv2d.forward, None),
+    "MLP GELU on the dense view (dense_activation; both sides without the fused kernel)":
+        (Mlp, mlp_with_generic_activation, mlp_with_separate_norm_and_activation),
+    "MLP BatchNorm + GELU as one fused kernel (batch_norm_gelu)": (Mlp, mlp_with_separate_norm_and_activation, None),
+    "PAT_ch norm from the SRM statistics (gated_batch_norm)": (PATChannel, pat_channel_with_plain_norm, None),
+    "PAT_sp on the token matrix (pat_spatial_tokens)": (PATSpatial, PATSpatial.forward_modules, None),
 }
 
 
@@ -120,11 +131,12 @@ def change_gains(step: "Step", pairs: int) -> list[str]:
     pair (median, 10th-90th percentile), steps alternating off, on, on, off, ... on the one model of
     ``step`` (after one warm-up pair)."""
     rows = []
-    for what, (cls, forward_without) in CHANGES.items():
+    for what, (cls, forward_without, forward_with) in CHANGES.items():
         times: dict[str, list[float]] = {"off": [], "on": []}
         for i in range(pairs + 1):
             for side in alternating(["off", "on"], i):
-                with forward_replaced(step.model, cls, forward_without) if side == "off" else contextlib.nullcontext():
+                forward = forward_without if side == "off" else forward_with
+                with forward_replaced(step.model, cls, forward) if forward else contextlib.nullcontext():
                     w = step()[0]
                 if i:
                     times[side].append(w)

@@ -38,7 +38,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from partialnet.errors import UserError
 from partialnet.models.layers import (PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d,
-                                      dense_activation)
+                                      batch_norm_gelu)
 from partialnet.models.module_utils import init_weights_
 from partialnet.models.ratios_file import check_per_block, resolve_model_ratios
 from partialnet.models.registry import TIMM_BUILD_KWARGS, build_with_timm
@@ -90,7 +90,7 @@ class Mlp(nn.Module):
         self.pat_sp = PATSpatial(dim) if pat_sp else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pat_sp(self.fc2(dense_activation(self.act, self.norm(self.fc1(x)))))
+        return self.pat_sp(self.fc2(batch_norm_gelu(self.norm, self.act, self.fc1(x))))
 
 
 class PartialBlock(nn.Module):

@@ -1,4 +1,5 @@
 """Building blocks. Split blocks take ``[X_p | X_u]`` with the conv part first."""
+from partialnet.models.layers.bn_gelu import batch_norm_gelu
 from partialnet.models.layers.dense_activation import dense_activation
 from partialnet.models.layers.pat import PATChannel, PATSpatial, StatsBatchNorm2d
 from partialnet.models.layers.pat_self import PATSelf, heads_for
@@ -20,6 +21,7 @@ __all__ = [
     "ACmix",
     "StatsBatchNorm2d",
     "EuclideanRPE",
+    "batch_norm_gelu",
     "conv_channels",
     "dense_activation",
     "euclidean_bucket_index",

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["gated_batch_norm"]
+__all__ = ["gated_batch_norm", "update_running_stats"]
 
 
 def gated_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, gate: torch.Tensor, mean: torch.Tensor,
@@ -55,7 +55,7 @@ def gated_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, gate: torch.Tensor, me
     var_within = std.to(acc).square() * ((n - 1) / n)
     var_c = (g * g * var_within).mean(0) + (gm - mean_c).square().mean(0)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
-        _update_running_stats(bn, mean_c.detach(), var_c.detach() * (b * n / (b * n - 1)))
+        update_running_stats(bn, mean_c.detach(), var_c.detach() * (b * n / (b * n - 1)))
     scale = torch.rsqrt(var_c + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight.to(acc)
@@ -66,7 +66,7 @@ def gated_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, gate: torch.Tensor, me
 
 
 @torch.no_grad()
-def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
     """What ``nn.BatchNorm2d.forward`` does to its buffers in one training step."""
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.num_batches_tracked is not None:

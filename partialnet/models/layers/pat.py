@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from partialnet.models.layers.dense_grad import dense, dense_grad
 from partialnet.models.layers.gated_norm import gated_batch_norm
+from partialnet.models.layers.pat_spatial_tokens import pat_spatial_tokens, takes_token_form
 from partialnet.models.layers.pconv import PartialSplit, conv_channels
 from partialnet.models.layers.pointwise_conv import PointwiseConv2d
 from partialnet.models.layers.srm_stats import srm_statistics
@@ -108,6 +109,12 @@ class PATSpatial(nn.Module):
         self.conv = PointwiseConv2d(self.dim_conv, self.dim_conv, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if takes_token_form(self, x):  # training on a channels_last CPU map
+            return pat_spatial_tokens(self, x)
+        return self.forward_modules(x)
+
+    def forward_modules(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward written as the modules (what :func:`.pat_spatial_tokens` computes in training)."""
         x_a, x_c = torch.split(x, [self.dim_attn, self.dim_conv], dim=1)
         y_a = self.attn_norm(x_a * self.attn_gate(self.attn_conv(x_a)))
         if self.training:  # a dense input: batch norm's fast training kernels (see dense_grad)

@@ -1,0 +1,13 @@
+"""C++ CPU kernels that PyTorch's own operators cannot express in one pass.
+
+``bn_gelu.cpp``: training-mode BatchNorm + exact GELU fused on a channels_last map (used by the
+MLP of every block, :mod:`partialnet.models.layers.bn_gelu`). The source is compiled with
+``torch.utils.cpp_extension`` (a C++ compiler and ninja) by ``make install``, or by hand with
+``python -m partialnet.kernels``; the build lands in a per-torch-version, per-source directory
+under ``$PARTIALNET_KERNELS_DIR`` (default ``~/.cache/partialnet/kernels``). At run time
+:func:`cpu_kernels` only loads a finished build and never compiles: without one (or on a CPU
+without AVX2) every caller runs PyTorch's operators instead, with the same results.
+"""
+from partialnet.kernels.loader import build, build_dir, cpu_kernels
+
+__all__ = ["build", "build_dir", "cpu_kernels"]

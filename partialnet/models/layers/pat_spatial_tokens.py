@@ -1,0 +1,153 @@
+"""PAT_sp's training forward and backward as a few passes over the token matrix of a channels_last map.
+
+PAT_sp (:class:`~partialnet.models.layers.pat.PATSpatial`) on a (B, C, H, W) map, with the
+attention half first::
+
+    Y_a = attn_norm(X_a * hardsigmoid(attn_conv(X_a)))        attn_conv: C_a -> 1, no bias
+    Y_c = conv(conv_norm(X_c))                                 conv: C_c -> C_c, no bias
+
+Written as modules, a training step runs it as some forty small operators: the two halves are
+channel slices of the channels_last map (neither NCHW- nor NHWC-contiguous), so the C_a -> 1
+conv and the norms copy them, the concatenation copies both outputs and its backward hands each
+half a strided gradient that is copied again; the C_a -> 1 conv alone took 0.85 ms of forward +
+backward on a (32, 64, 14, 14) half, for 0.4 MMACs. On a channels_last map, the
+``(N, C) = (B*H*W, C)`` token matrix is the map's own memory, and both halves are column blocks
+of it, which matrix products read in place. Here the forward is: the gate logits as one
+matrix-vector product, the gated half and its batch statistics, the normalised attention half
+written straight into its columns of the output; for the conv half, batch norm's affine map
+with the batch statistics folded into the conv's weight (``conv(a * X_c + b) = X_c (W a)^T + W b``),
+so one matrix product writes the conv half's columns from ``X_c`` itself. The backward is the
+same algebra in reverse, written out (batch norm's backward through the statistics included),
+with its results written into the two column blocks of the input gradient.
+
+Values: batch norm's and the modules' own up to float rounding (about 1e-6 on unit-scale maps);
+the gradients equal autograd's through the modules (``tests/test_pat_spatial_tokens.py`` checks
+both against the module form, and the float64 gradients with ``gradcheck``). The running
+statistics are updated as ``nn.BatchNorm2d`` updates them.
+
+Only where this is exactly what the modules compute: training mode, CPU, a channels_last map,
+float32/float64 outside autocast, exact ``nn.BatchNorm2d`` norms with affine parameters and batch
+statistics, a ``nn.Hardsigmoid`` gate, bias-free 1x1 convs, and no graph capture (an export or
+``torch.compile`` sees the modules). Anything else runs the modules themselves. Measured on 2 CPU
+threads, batch 32: ``bench/train_step.py`` prints what it adds to PartialNet-T0's training step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from partialnet.models.layers.gated_norm import update_running_stats
+from partialnet.utils.graph_capture import is_capturing_graph
+
+__all__ = ["pat_spatial_tokens", "takes_token_form"]
+
+
+def _exact_bn(bn: nn.Module) -> bool:
+    return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine
+            and (bn.track_running_stats is False or bn.running_mean is not None))
+
+
+def takes_token_form(pat_sp: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`pat_spatial_tokens` computes exactly what ``pat_sp``'s modules would on ``x``."""
+    if not (pat_sp.training and x.is_cpu and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)):
+        return False
+    if x.shape[0] * x.shape[2] * x.shape[3] < 2 or not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    if is_capturing_graph() or torch.is_autocast_enabled("cpu"):
+        return False
+    return (_exact_bn(pat_sp.attn_norm) and _exact_bn(pat_sp.conv_norm) and type(pat_sp.attn_gate) is nn.Hardsigmoid
+            and pat_sp.attn_conv.bias is None and pat_sp.conv.bias is None)
+
+
+def pat_spatial_tokens(pat_sp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """PAT_sp's training forward on a channels_last CPU map (see the module docstring); returns a
+    channels_last map and updates both norms' running statistics as batch norm does."""
+    an, cn = pat_sp.attn_norm, pat_sp.conv_norm
+    y, mean_a, var_a, mean_c, var_c = _TokenForm.apply(
+        x, pat_sp.attn_conv.weight, an.weight, an.bias, cn.weight, cn.bias, pat_sp.conv.weight,
+        an.eps, cn.eps, pat_sp.dim_attn)
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    for bn, mean, var in ((an, mean_a, var_a), (cn, mean_c, var_c)):
+        if bn.track_running_stats:
+            update_running_stats(bn, mean, var * (n / (n - 1)))
+    return y
+
+
+class _TokenForm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_gate, gamma_a, beta_a, gamma_c, beta_c, w_conv, eps_a: float, eps_c: float, ca: int):
+        b, c, h, w = x.shape
+        n = b * h * w
+        t = x.permute(0, 2, 3, 1).reshape(n, c)  # the map's own memory
+        xa, xc = t[:, :ca], t[:, ca:]
+        wg = w_gate.reshape(ca)
+        s = torch.mv(xa, wg)
+        gate = F.hardsigmoid(s)
+        p = xa * gate[:, None]
+        mean_a, var_a = torch.batch_norm_update_stats(p, None, None, 0.0)  # batch norm's own statistics pass
+        invstd_a = torch.rsqrt(var_a + eps_a)
+        k_a = gamma_a * invstd_a
+        out = torch.empty_like(t)
+        torch.addcmul(beta_a - mean_a * k_a, p, k_a, out=out[:, :ca])
+
+        mean_c, var_c = (s[ca:] for s in torch.batch_norm_update_stats(t, None, None, 0.0))  # dense: all C columns
+        invstd_c = torch.rsqrt(var_c + eps_c)
+        a_c = gamma_c * invstd_c
+        b_c = beta_c - mean_c * a_c
+        wc = w_conv.reshape(w_conv.shape[0], w_conv.shape[1])
+        wc_scaled = wc * a_c[None, :]
+        torch.addmm(torch.mv(wc, b_c), xc, wc_scaled.t(), out=out[:, ca:])
+
+        ctx.save_for_backward(x, wg, s, gate, p, mean_a, invstd_a, gamma_a, mean_c, invstd_c, gamma_c, wc,
+                              wc_scaled, a_c, b_c)
+        ctx.ca = ca
+        ctx.mark_non_differentiable(mean_a, var_a, mean_c, var_c)
+        y = out.view(b, h, w, c).permute(0, 3, 1, 2)
+        return y, mean_a, var_a, mean_c, var_c
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, *_):
+        (x, wg, s, gate, p, mean_a, invstd_a, gamma_a, mean_c, invstd_c, gamma_c, wc, wc_scaled, a_c,
+         b_c) = ctx.saved_tensors
+        ca = ctx.ca
+        b, c, h, w = x.shape
+        n = b * h * w
+        t = x.permute(0, 2, 3, 1).reshape(n, c)
+        xa, xc = t[:, :ca], t[:, ca:]
+        g = gy.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, c)
+        ga, gc = g[:, :ca], g[:, ca:]
+        dt = torch.empty_like(t)
+
+        # conv half: Y_c = X_c (W a)^T + W b, a = gamma / sqrt(var + eps), b = beta - mean a
+        dbias = gc.sum(0)
+        dw_scaled = gc.t() @ xc
+        dwc = torch.addr(dw_scaled * a_c[None, :], dbias, b_c)
+        db = torch.mv(wc.t(), dbias)
+        da = (dw_scaled * wc).sum(0) - db * mean_c
+        dgamma_c = da * invstd_c
+        dvar_c = da * gamma_c * (-0.5) * invstd_c.pow(3)
+        slope = dvar_c * (2.0 / n)
+        offset = -db * a_c / n - slope * mean_c
+        dxc = dt[:, ca:]
+        torch.addcmul(offset, xc, slope, out=dxc)
+        dxc.addmm_(gc, wc_scaled)
+
+        # attention half: Y_a = bn(P), P = X_a * gate, gate = hardsigmoid(X_a wg)
+        dbeta_a = ga.sum(0)
+        dgamma_a = ((ga * p).sum(0) - mean_a * dbeta_a) * invstd_a
+        k = gamma_a * invstd_a
+        c2 = -k * invstd_a * dgamma_a / n
+        dp = torch.addcmul(-k * dbeta_a / n - c2 * mean_a, ga, k)
+        dp.addcmul_(p, c2)
+        dgate = (dp * xa).sum(1)
+        ds = dgate * ((s > -3) & (s < 3)).to(dgate.dtype) / 6
+        dxa = dt[:, :ca]
+        torch.mul(dp, gate[:, None], out=dxa)
+        dxa.addr_(ds, wg)
+        dwg = torch.mv(xa.t(), ds)
+
+        dx = dt.view(b, h, w, c).permute(0, 3, 1, 2)
+        return (dx, dwg.view(1, ca, 1, 1), dgamma_a, dbeta_a, dgamma_c, db, dwc.view_as(wc)[:, :, None, None],
+                None, None, None)
