@@ -6,10 +6,11 @@ write) and eight times in the backward pass, and keeps both h and the normalised
 backward. On a channels_last CPU map, with the C++ kernels built (:mod:`partialnet.kernels`):
 
 * forward: the batch statistics (PyTorch's own ``batch_norm_update_stats``), then one pass
-  ``a = gelu(h * s + t)`` with ``s = weight / sqrt(var + eps)``, ``t = bias - mean * s``;
+  ``a = gelu(h * s + t)`` with ``s = weight / sqrt(var + eps)``, ``t = bias - mean * s``: three
+  reads and writes of the map instead of five;
 * backward: one pass computing ``d = ga * gelu'(h * s + t)`` and its column sums ``sum(d)`` and
-  ``sum(d * (h - mean))``, one pass turning d into batch norm's input gradient in place; the
-  weight and bias gradients come from those sums. Only h is kept for backward (the normalised map
+  ``sum(d * (h - mean))``, one pass turning d into batch norm's input gradient in place: six
+  instead of eight; the weight and bias gradients come from those sums. Only h is kept for backward (the normalised map
   is recomputed), and the running statistics are updated as ``nn.BatchNorm2d`` updates them.
 
 The kernel's GELU evaluates erf as a rational function (FMAs and a division, no exp): the
