@@ -3,23 +3,19 @@
 // for when it is used; the Python side computes the batch statistics (PyTorch's own kernel)
 // and the per-channel affine s, t of the normalisation.
 //
-//   affine_gelu(h, s, t)                          a = gelu(h * s + t)               one pass
-//   affine_gelu_backward(ga, h, s, t, mean, k)    gradient of h through gelu(bn(h)) two passes
+//   affine_gelu(h, s, t)                               a = gelu(h * s + t)           one pass
+//   affine_gelu_backward(ga, h, s, t, mean, invstd)    gradient of h through gelu(bn(h)), two passes
 //
 // GELU's erf is an odd/even rational function of x on [-4, 4] (erf rounds to +-1 in float32
 // beyond), evaluated with FMAs and one division: no exp in the forward pass. The backward needs
-// the normal density exp(-y^2 / 2) as well. Per-thread column sums are accumulated in double.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
+// the normal density exp(-y^2 / 2) as well. Column sums are accumulated in double.
+#include "vec_common.h"
 
-#include <algorithm>
 #include <cmath>
-#include <vector>
 
+namespace partialnet_kernels {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
 constexpr float kRsqrt2 = 0.70710678118654752f;    // 1 / sqrt(2)
 constexpr float kRsqrt2Pi = 0.39894228040143268f;  // 1 / sqrt(2 pi)
 
@@ -63,26 +59,14 @@ inline float gelu_grad_scalar(float y) {
   return 0.5f * (1.f + erf_scalar(y * kRsqrt2)) + y * std::exp(-0.5f * y * y) * kRsqrt2Pi;
 }
 
-void check_matrix(const torch::Tensor& t, const char* name, int64_t rows, int64_t cols) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 2 && t.is_contiguous(),
-              name, " must be a contiguous float32 CPU matrix");
-  TORCH_CHECK(rows < 0 || (t.size(0) == rows && t.size(1) == cols), name, " has the wrong shape");
-}
-
-void check_row(const torch::Tensor& t, const char* name, int64_t cols) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 1 && t.is_contiguous() &&
-                  t.size(0) == cols,
-              name, " must be a contiguous float32 CPU vector of one value per column");
-}
-
 }  // namespace
 
-torch::Tensor affine_gelu(const torch::Tensor& h, const torch::Tensor& s, const torch::Tensor& t) {
-  check_matrix(h, "h", -1, -1);
+at::Tensor affine_gelu(const at::Tensor& h, const at::Tensor& s, const at::Tensor& t) {
+  check_matrix(h, "h");
   const int64_t n = h.size(0), c = h.size(1);
-  check_row(s, "s", c);
-  check_row(t, "t", c);
-  auto a = torch::empty_like(h);
+  check_vector(s, "s", c);
+  check_vector(t, "t", c);
+  auto a = at::empty_like(h);
   const float* hp = h.data_ptr<float>();
   const float* sp = s.data_ptr<float>();
   const float* tp = t.data_ptr<float>();
@@ -100,75 +84,56 @@ torch::Tensor affine_gelu(const torch::Tensor& h, const torch::Tensor& s, const 
   return a;
 }
 
-// Returns (gh, sum_d, sum_dc): the gradient of h, and per column sum(d) and sum(d * (h - mean)),
-// d = ga * gelu'(h * s + t) (the gradient of batch norm's output), from which the caller takes
-// the affine parameters' gradients. gh = s * d - s / n * sum_d - s * invstd^2 / n * (h - mean) * sum_dc.
-std::vector<torch::Tensor> affine_gelu_backward(const torch::Tensor& ga, const torch::Tensor& h,
-                                                const torch::Tensor& s, const torch::Tensor& t,
-                                                const torch::Tensor& mean, const torch::Tensor& invstd) {
-  check_matrix(h, "h", -1, -1);
+// Returns (gh, sums): the gradient of h and a (2, C) float64 matrix of per-column sum(d) and
+// sum(d * (h - mean)), d = ga * gelu'(h * s + t) (the gradient of batch norm's output), from which
+// the caller takes the affine parameters' gradients.
+// gh = s * d - s / n * sum(d) - s * invstd^2 / n * (h - mean) * sum(d * (h - mean)).
+std::vector<at::Tensor> affine_gelu_backward(const at::Tensor& ga, const at::Tensor& h, const at::Tensor& s,
+                                             const at::Tensor& t, const at::Tensor& mean, const at::Tensor& invstd) {
+  check_matrix(h, "h");
   const int64_t n = h.size(0), c = h.size(1);
   check_matrix(ga, "ga", n, c);
-  check_row(s, "s", c);
-  check_row(t, "t", c);
-  check_row(mean, "mean", c);
-  check_row(invstd, "invstd", c);
+  check_vector(s, "s", c);
+  check_vector(t, "t", c);
+  check_vector(mean, "mean", c);
+  check_vector(invstd, "invstd", c);
   const float* gp = ga.data_ptr<float>();
   const float* hp = h.data_ptr<float>();
   const float* sp = s.data_ptr<float>();
   const float* tp = t.data_ptr<float>();
   const float* mp = mean.data_ptr<float>();
   const float* ip = invstd.data_ptr<float>();
-  auto gh = torch::empty_like(h);
+  auto gh = at::empty_like(h);
   float* op = gh.data_ptr<float>();
 
-  // pass 1: d into gh, column sums per thread (float over blocks of rows, then double)
-  const int threads = at::get_num_threads();
-  std::vector<double> totals(static_cast<size_t>(threads) * 2 * c, 0.0);
-  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-    double* sum_d = totals.data() + static_cast<size_t>(at::get_thread_num()) * 2 * c;
-    double* sum_dc = sum_d + c;
-    std::vector<float> part(2 * c);
-    constexpr int64_t kBlock = 128;
-    for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
-      std::fill(part.begin(), part.end(), 0.f);
-      float* pd = part.data();
-      float* pdc = pd + c;
-      for (int64_t r = b0; r < std::min(end, b0 + kBlock); ++r) {
-        const float* hr = hp + r * c;
-        const float* gr = gp + r * c;
-        float* orow = op + r * c;
-        int64_t j = 0;
-        for (; j + Vec::size() <= c; j += Vec::size()) {
-          const Vec hv = Vec::loadu(hr + j);
-          const Vec d = Vec::loadu(gr + j) * gelu_grad_vec(at::vec::fmadd(hv, Vec::loadu(sp + j), Vec::loadu(tp + j)));
-          d.store(orow + j);
-          (Vec::loadu(pd + j) + d).store(pd + j);
-          at::vec::fmadd(d, hv - Vec::loadu(mp + j), Vec::loadu(pdc + j)).store(pdc + j);
-        }
-        for (; j < c; ++j) {
-          const float d = gr[j] * gelu_grad_scalar(hr[j] * sp[j] + tp[j]);
-          orow[j] = d;
-          pd[j] += d;
-          pdc[j] += d * (hr[j] - mp[j]);
-        }
-      }
-      for (int64_t j = 0; j < c; ++j) {
-        sum_d[j] += pd[j];
-        sum_dc[j] += pdc[j];
-      }
+  // pass 1: d into gh and its column sums
+  const std::vector<double> sums = column_sums(n, 2 * c, [&](int64_t r, float* part) {
+    const float* hr = hp + r * c;
+    const float* gr = gp + r * c;
+    float* orow = op + r * c;
+    float* pd = part;
+    float* pdc = part + c;
+    int64_t j = 0;
+    for (; j + Vec::size() <= c; j += Vec::size()) {
+      const Vec hv = Vec::loadu(hr + j);
+      const Vec d = Vec::loadu(gr + j) * gelu_grad_vec(at::vec::fmadd(hv, Vec::loadu(sp + j), Vec::loadu(tp + j)));
+      d.store(orow + j);
+      (Vec::loadu(pd + j) + d).store(pd + j);
+      at::vec::fmadd(d, hv - Vec::loadu(mp + j), Vec::loadu(pdc + j)).store(pdc + j);
+    }
+    for (; j < c; ++j) {
+      const float d = gr[j] * gelu_grad_scalar(hr[j] * sp[j] + tp[j]);
+      orow[j] = d;
+      pd[j] += d;
+      pdc[j] += d * (hr[j] - mp[j]);
     }
   });
-  auto sums = torch::zeros({2, c}, torch::kFloat64);
-  double* so = sums.data_ptr<double>();
-  for (int k = 0; k < threads; ++k)
-    for (int64_t j = 0; j < 2 * c; ++j) so[j] += totals[static_cast<size_t>(k) * 2 * c + j];
 
   // pass 2: gh = s * d + k1 + k2 * (h - mean), in place over d
   std::vector<float> k1(c), k2(c);
   for (int64_t j = 0; j < c; ++j) {
-    k1[j] = static_cast<float>(-sp[j] * so[j] / n);
-    k2[j] = static_cast<float>(-static_cast<double>(sp[j]) * ip[j] * ip[j] * so[c + j] / n);
+    k1[j] = static_cast<float>(-sp[j] * sums[j] / n);
+    k2[j] = static_cast<float>(-static_cast<double>(sp[j]) * ip[j] * ip[j] * sums[c + j] / n);
   }
   const float* k1p = k1.data();
   const float* k2p = k2.data();
@@ -184,12 +149,7 @@ std::vector<torch::Tensor> affine_gelu_backward(const torch::Tensor& ga, const t
       for (; j < c; ++j) orow[j] = sp[j] * orow[j] + k1p[j] + k2p[j] * (hr[j] - mp[j]);
     }
   });
-  auto sums32 = sums.to(torch::kFloat32);
-  return {gh, sums32[0], sums32[1]};
+  return {gh, as_tensor(sums, 2, c)};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("affine_gelu", &affine_gelu, "a = gelu(h * s + t) on a contiguous float32 (N, C) matrix");
-  m.def("affine_gelu_backward", &affine_gelu_backward,
-        "gradient of h through gelu(batch_norm(h)) in training, and the column sums for the affine gradients");
-}
+}  // namespace partialnet_kernels

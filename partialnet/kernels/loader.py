@@ -16,7 +16,8 @@ __all__ = ["build", "build_dir", "cpu_kernels"]
 log = logging.getLogger(__name__)
 
 NAME = "partialnet_cpu_kernels"
-SOURCES = (Path(__file__).with_name("bn_gelu.cpp"),)
+SOURCES = tuple(Path(__file__).with_name(f) for f in ("bindings.cpp", "bn_gelu.cpp", "pat_spatial.cpp"))
+HEADERS = (Path(__file__).with_name("vec_common.h"),)
 # AVX2 + FMA: ATen's 256-bit vector types; OpenMP: ATen's parallel_for runs on torch's own threads.
 CFLAGS = ("-O3", "-fopenmp", "-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2")
 
@@ -24,7 +25,7 @@ CFLAGS = ("-O3", "-fopenmp", "-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_
 def build_dir() -> Path:
     """Where the build for this torch version, these sources and flags lives."""
     digest = hashlib.sha256()
-    for src in SOURCES:
+    for src in SOURCES + HEADERS:
         digest.update(src.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     root = os.environ.get("PARTIALNET_KERNELS_DIR") or Path.home() / ".cache" / "partialnet" / "kernels"

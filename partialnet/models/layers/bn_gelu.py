@@ -88,6 +88,7 @@ class _FusedBatchNormGelu(torch.autograd.Function):
     def backward(ctx, ga, *_):
         h, scale, shift, mean, invstd = ctx.saved_tensors
         ga = _tokens(ga.contiguous(memory_format=torch.channels_last))
-        gh, sum_d, sum_dc = cpu_kernels().affine_gelu_backward(ga, _tokens(h), scale, shift, mean, invstd)
+        gh, sums = cpu_kernels().affine_gelu_backward(ga, _tokens(h), scale, shift, mean, invstd)
+        sum_d, sum_dc = sums.to(h.dtype).unbind(0)  # sum(d), sum(d * (h - mean)) per channel
         b, c, height, width = h.shape
         return gh.view(b, height, width, c).permute(0, 3, 1, 2), sum_dc * invstd, sum_d, None

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from partialnet.kernels import cpu_kernels
 from partialnet.models.layers.gated_norm import update_running_stats
 from partialnet.utils.graph_capture import is_capturing_graph
 
@@ -52,14 +52,14 @@ def _exact_bn(bn: nn.Module) -> bool:
 
 def takes_token_form(pat_sp: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`pat_spatial_tokens` computes exactly what ``pat_sp``'s modules would on ``x``."""
-    if not (pat_sp.training and x.is_cpu and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)):
+    if not (pat_sp.training and x.is_cpu and x.dim() == 4 and x.dtype == torch.float32):
         return False
     if x.shape[0] * x.shape[2] * x.shape[3] < 2 or not x.is_contiguous(memory_format=torch.channels_last):
         return False
     if is_capturing_graph() or torch.is_autocast_enabled("cpu"):
         return False
     return (_exact_bn(pat_sp.attn_norm) and _exact_bn(pat_sp.conv_norm) and type(pat_sp.attn_gate) is nn.Hardsigmoid
-            and pat_sp.attn_conv.bias is None and pat_sp.conv.bias is None)
+            and pat_sp.attn_conv.bias is None and pat_sp.conv.bias is None and cpu_kernels() is not None)
 
 
 def pat_spatial_tokens(pat_sp: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -76,80 +76,79 @@ def pat_spatial_tokens(pat_sp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """The (B*H*W, C) matrix that is a channels_last map's memory (a view)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _f32(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Per-channel float64 values as the contiguous float32 vectors the kernels take."""
+    return [t.float().contiguous() for t in tensors]
+
+
 class _TokenForm(torch.autograd.Function):
+    """Per-channel algebra in float64 (from the kernels' float64 column sums), passes over the map
+    in the C++ kernels, the conv half's matrix products on its column block."""
+
     @staticmethod
     def forward(ctx, x, w_gate, gamma_a, beta_a, gamma_c, beta_c, w_conv, eps_a: float, eps_c: float, ca: int):
-        b, c, h, w = x.shape
-        n = b * h * w
-        t = x.permute(0, 2, 3, 1).reshape(n, c)  # the map's own memory
-        xa, xc = t[:, :ca], t[:, ca:]
-        wg = w_gate.reshape(ca)
-        s = torch.mv(xa, wg)
-        gate = F.hardsigmoid(s)
-        p = xa * gate[:, None]
-        mean_a, var_a = torch.batch_norm_update_stats(p, None, None, 0.0)  # batch norm's own statistics pass
-        invstd_a = torch.rsqrt(var_a + eps_a)
-        k_a = gamma_a * invstd_a
+        kernels = cpu_kernels()
+        t = _tokens(x)
+        n = t.shape[0]
+        wg = w_gate.reshape(ca).contiguous()
+        s, gate, sums = kernels.pat_sp_forward_sums(t, wg)
+        mean = sums[0] / n
+        var = (sums[1] / n - mean * mean).clamp_min(0.0)  # biased, as batch norm normalises
+        invstd = torch.rsqrt(var + torch.cat((var.new_full((ca,), eps_a), var.new_full((var.numel() - ca,), eps_c))))
+        mean_a, mean_c, invstd_a, invstd_c = mean[:ca], mean[ca:], invstd[:ca], invstd[ca:]
+        k_a = gamma_a.double() * invstd_a
         out = torch.empty_like(t)
-        torch.addcmul(beta_a - mean_a * k_a, p, k_a, out=out[:, :ca])
-
-        mean_c, var_c = (s[ca:] for s in torch.batch_norm_update_stats(t, None, None, 0.0))  # dense: all C columns
-        invstd_c = torch.rsqrt(var_c + eps_c)
-        a_c = gamma_c * invstd_c
-        b_c = beta_c - mean_c * a_c
+        kernels.pat_sp_attention_out(t, gate, *_f32(k_a, beta_a.double() - mean_a * k_a), out)
+        a_c = gamma_c.double() * invstd_c
+        b_c = beta_c.double() - mean_c * a_c
         wc = w_conv.reshape(w_conv.shape[0], w_conv.shape[1])
-        wc_scaled = wc * a_c[None, :]
-        torch.addmm(torch.mv(wc, b_c), xc, wc_scaled.t(), out=out[:, ca:])
-
-        ctx.save_for_backward(x, wg, s, gate, p, mean_a, invstd_a, gamma_a, mean_c, invstd_c, gamma_c, wc,
-                              wc_scaled, a_c, b_c)
+        wc_scaled = (wc.double() * a_c[None, :]).to(wc.dtype)
+        torch.addmm(torch.mv(wc.double(), b_c).to(wc.dtype), t[:, ca:], wc_scaled.t(), out=out[:, ca:])
+        ctx.save_for_backward(x, wg, s, gate, mean, invstd, gamma_a, gamma_c, wc, wc_scaled, b_c)
         ctx.ca = ca
-        ctx.mark_non_differentiable(mean_a, var_a, mean_c, var_c)
-        y = out.view(b, h, w, c).permute(0, 3, 1, 2)
-        return y, mean_a, var_a, mean_c, var_c
+        stats = [v.to(x.dtype) for v in (mean_a, var[:ca], mean_c, var[ca:])]
+        ctx.mark_non_differentiable(*stats)
+        b, c, h, w = x.shape
+        return (out.view(b, h, w, c).permute(0, 3, 1, 2), *stats)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, *_):
-        (x, wg, s, gate, p, mean_a, invstd_a, gamma_a, mean_c, invstd_c, gamma_c, wc, wc_scaled, a_c,
-         b_c) = ctx.saved_tensors
-        ca = ctx.ca
-        b, c, h, w = x.shape
-        n = b * h * w
-        t = x.permute(0, 2, 3, 1).reshape(n, c)
-        xa, xc = t[:, :ca], t[:, ca:]
-        g = gy.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, c)
-        ga, gc = g[:, :ca], g[:, ca:]
-        dt = torch.empty_like(t)
+        x, wg, s, gate, mean, invstd, gamma_a, gamma_c, wc, wc_scaled, b_c = ctx.saved_tensors
+        kernels, ca = cpu_kernels(), ctx.ca
+        t = _tokens(x)
+        n = t.shape[0]
+        grad = _tokens(gy.contiguous(memory_format=torch.channels_last))
+        sums = kernels.pat_sp_backward_sums(grad, t, gate, ca)
+        mean_a, mean_c, invstd_a, invstd_c = mean[:ca], mean[ca:], invstd[:ca], invstd[ca:]
 
         # conv half: Y_c = X_c (W a)^T + W b, a = gamma / sqrt(var + eps), b = beta - mean a
-        dbias = gc.sum(0)
-        dw_scaled = gc.t() @ xc
+        dbias = sums[0, ca:]
+        dw_scaled = (grad[:, ca:].t() @ t[:, ca:]).double()
+        a_c = gamma_c.double() * invstd_c
         dwc = torch.addr(dw_scaled * a_c[None, :], dbias, b_c)
-        db = torch.mv(wc.t(), dbias)
-        da = (dw_scaled * wc).sum(0) - db * mean_c
+        db = torch.mv(wc.double().t(), dbias)
+        da = (dw_scaled * wc.double()).sum(0) - db * mean_c
         dgamma_c = da * invstd_c
-        dvar_c = da * gamma_c * (-0.5) * invstd_c.pow(3)
-        slope = dvar_c * (2.0 / n)
+        slope = da * gamma_c.double() * (-0.5) * invstd_c.pow(3) * (2.0 / n)
         offset = -db * a_c / n - slope * mean_c
-        dxc = dt[:, ca:]
-        torch.addcmul(offset, xc, slope, out=dxc)
-        dxc.addmm_(gc, wc_scaled)
 
         # attention half: Y_a = bn(P), P = X_a * gate, gate = hardsigmoid(X_a wg)
-        dbeta_a = ga.sum(0)
-        dgamma_a = ((ga * p).sum(0) - mean_a * dbeta_a) * invstd_a
-        k = gamma_a * invstd_a
+        dbeta_a = sums[0, :ca]
+        dgamma_a = (sums[1, :ca] - mean_a * dbeta_a) * invstd_a
+        k = gamma_a.double() * invstd_a
         c2 = -k * invstd_a * dgamma_a / n
-        dp = torch.addcmul(-k * dbeta_a / n - c2 * mean_a, ga, k)
-        dp.addcmul_(p, c2)
-        dgate = (dp * xa).sum(1)
-        ds = dgate * ((s > -3) & (s < 3)).to(dgate.dtype) / 6
-        dxa = dt[:, :ca]
-        torch.mul(dp, gate[:, None], out=dxa)
-        dxa.addr_(ds, wg)
-        dwg = torch.mv(xa.t(), ds)
+        c3 = -k * dbeta_a / n - c2 * mean_a
 
-        dx = dt.view(b, h, w, c).permute(0, 3, 1, 2)
-        return (dx, dwg.view(1, ca, 1, 1), dgamma_a, dbeta_a, dgamma_c, db, dwc.view_as(wc)[:, :, None, None],
-                None, None, None)
+        dt = torch.empty_like(t)
+        dwg = kernels.pat_sp_backward_rows(grad, t, s, gate, wg, *_f32(k, c2, c3, slope, offset), dt)
+        dt[:, ca:].addmm_(grad[:, ca:], wc_scaled)
+        b, c, h, w = x.shape
+        like = gamma_a.dtype
+        return (dt.view(b, h, w, c).permute(0, 3, 1, 2), dwg.view(1, ca, 1, 1), dgamma_a.to(like),
+                dbeta_a.to(like), dgamma_c.to(like), db.to(like), dwc.to(like)[:, :, None, None], None, None, None)

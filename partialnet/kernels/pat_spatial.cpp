@@ -1,0 +1,198 @@
+// PAT_sp's training passes over the (N, C) token matrix of a channels_last map (float32, CPU),
+// attention half in columns [0, ca), conv half in [ca, C). See
+// partialnet/models/layers/pat_spatial_tokens.py for the maths; the conv half's matrix products
+// (MKL, on column blocks) and the per-channel algebra stay on the Python side.
+//
+//   pat_sp_forward_sums(t, wg)                    logits s, gate g = hardsigmoid(s) (N each), and per column
+//                                                 sum and sum of squares of p = x_a * g | x_c ((2, C) double)
+//   pat_sp_attention_out(t, g, k, m, out)         out[:, :ca] = x_a * g * k + m
+//   pat_sp_backward_sums(grad, t, g, ca)          per column sum of grad, and sum(grad_a * p) ((2, C) double)
+//   pat_sp_backward_rows(grad, t, s, g, wg, k, c2, c3, slope, offset, dx)
+//                                                 dx[:, :ca] = dp * g + ds * wg with dp = k grad_a + c2 p + c3,
+//                                                 ds = hardsigmoid'(s) * sum_j dp x_a; dx[:, ca:] = x_c * slope + offset;
+//                                                 returns dwg = sum_n x_a * ds
+#include "vec_common.h"
+
+namespace partialnet_kernels {
+namespace {
+
+inline float hardsigmoid(float s) { return std::min(std::max(s + 3.f, 0.f), 6.f) / 6.f; }
+
+inline float dot(const float* x, const float* w, int64_t n) {
+  Vec acc(0.f);
+  int64_t j = 0;
+  for (; j + Vec::size() <= n; j += Vec::size()) acc = at::vec::fmadd(Vec::loadu(x + j), Vec::loadu(w + j), acc);
+  float s = sum_of(acc);
+  for (; j < n; ++j) s += x[j] * w[j];
+  return s;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> pat_sp_forward_sums(const at::Tensor& t, const at::Tensor& wg) {
+  check_matrix(t, "t");
+  const int64_t n = t.size(0), c = t.size(1), ca = wg.numel();
+  check_vector(wg, "wg", ca);
+  TORCH_CHECK(ca >= 1 && ca < c, "the attention half must have between 1 and C - 1 channels");
+  auto s = at::empty({n}, t.options());
+  auto g = at::empty({n}, t.options());
+  const float* tp = t.data_ptr<float>();
+  const float* wp = wg.data_ptr<float>();
+  float* sp = s.data_ptr<float>();
+  float* gp = g.data_ptr<float>();
+  const std::vector<double> sums = column_sums(n, 2 * c, [&](int64_t r, float* part) {
+    const float* xr = tp + r * c;
+    float* sum = part;
+    float* sq = part + c;
+    const float logit = dot(xr, wp, ca);
+    const float gate = hardsigmoid(logit);
+    sp[r] = logit;
+    gp[r] = gate;
+    const Vec gv(gate);
+    int64_t j = 0;
+    for (; j + Vec::size() <= ca; j += Vec::size()) {
+      const Vec p = Vec::loadu(xr + j) * gv;
+      (Vec::loadu(sum + j) + p).store(sum + j);
+      at::vec::fmadd(p, p, Vec::loadu(sq + j)).store(sq + j);
+    }
+    for (; j < ca; ++j) {
+      const float p = xr[j] * gate;
+      sum[j] += p;
+      sq[j] += p * p;
+    }
+    for (; j + Vec::size() <= c; j += Vec::size()) {
+      const Vec x = Vec::loadu(xr + j);
+      (Vec::loadu(sum + j) + x).store(sum + j);
+      at::vec::fmadd(x, x, Vec::loadu(sq + j)).store(sq + j);
+    }
+    for (; j < c; ++j) {
+      sum[j] += xr[j];
+      sq[j] += xr[j] * xr[j];
+    }
+  });
+  return {s, g, as_tensor(sums, 2, c)};
+}
+
+void pat_sp_attention_out(const at::Tensor& t, const at::Tensor& g, const at::Tensor& k, const at::Tensor& m,
+                          at::Tensor& out) {
+  check_matrix(t, "t");
+  const int64_t n = t.size(0), c = t.size(1), ca = k.numel();
+  check_matrix(out, "out", n, c);
+  check_vector(g, "g", n);
+  check_vector(k, "k", ca);
+  check_vector(m, "m", ca);
+  const float* tp = t.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* mp = m.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = tp + r * c;
+      float* orow = op + r * c;
+      const Vec gv(gp[r]);
+      int64_t j = 0;
+      for (; j + Vec::size() <= ca; j += Vec::size())
+        at::vec::fmadd(Vec::loadu(xr + j) * gv, Vec::loadu(kp + j), Vec::loadu(mp + j)).store(orow + j);
+      for (; j < ca; ++j) orow[j] = xr[j] * gp[r] * kp[j] + mp[j];
+    }
+  });
+}
+
+at::Tensor pat_sp_backward_sums(const at::Tensor& grad, const at::Tensor& t, const at::Tensor& g, int64_t ca) {
+  check_matrix(t, "t");
+  const int64_t n = t.size(0), c = t.size(1);
+  check_matrix(grad, "grad", n, c);
+  check_vector(g, "g", n);
+  TORCH_CHECK(ca >= 1 && ca < c, "the attention half must have between 1 and C - 1 channels");
+  const float* dp = grad.data_ptr<float>();
+  const float* tp = t.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  const std::vector<double> sums = column_sums(n, 2 * c, [&](int64_t r, float* part) {
+    const float* xr = tp + r * c;
+    const float* dr = dp + r * c;
+    float* sum = part;
+    float* cross = part + c;
+    const Vec gv(gp[r]);
+    int64_t j = 0;
+    for (; j + Vec::size() <= ca; j += Vec::size()) {
+      const Vec d = Vec::loadu(dr + j);
+      (Vec::loadu(sum + j) + d).store(sum + j);
+      at::vec::fmadd(d, Vec::loadu(xr + j) * gv, Vec::loadu(cross + j)).store(cross + j);
+    }
+    for (; j < ca; ++j) {
+      sum[j] += dr[j];
+      cross[j] += dr[j] * xr[j] * gp[r];
+    }
+    for (; j + Vec::size() <= c; j += Vec::size()) (Vec::loadu(sum + j) + Vec::loadu(dr + j)).store(sum + j);
+    for (; j < c; ++j) sum[j] += dr[j];
+  });
+  return as_tensor(sums, 2, c);
+}
+
+at::Tensor pat_sp_backward_rows(const at::Tensor& grad, const at::Tensor& t, const at::Tensor& s, const at::Tensor& g,
+                                const at::Tensor& wg, const at::Tensor& k, const at::Tensor& c2, const at::Tensor& c3,
+                                const at::Tensor& slope, const at::Tensor& offset, at::Tensor& dx) {
+  check_matrix(t, "t");
+  const int64_t n = t.size(0), c = t.size(1), ca = wg.numel(), cc = c - ca;
+  check_matrix(grad, "grad", n, c);
+  check_matrix(dx, "dx", n, c);
+  check_vector(s, "s", n);
+  check_vector(g, "g", n);
+  check_vector(wg, "wg", ca);
+  check_vector(k, "k", ca);
+  check_vector(c2, "c2", ca);
+  check_vector(c3, "c3", ca);
+  check_vector(slope, "slope", cc);
+  check_vector(offset, "offset", cc);
+  const float* dp = grad.data_ptr<float>();
+  const float* tp = t.data_ptr<float>();
+  const float* sp = s.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  const float* wp = wg.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* c2p = c2.data_ptr<float>();
+  const float* c3p = c3.data_ptr<float>();
+  const float* slp = slope.data_ptr<float>();
+  const float* ofp = offset.data_ptr<float>();
+  float* xp = dx.data_ptr<float>();
+  const std::vector<double> dwg = column_sums(n, ca, [&](int64_t r, float* part) {
+    const float* xr = tp + r * c;
+    const float* dr = dp + r * c;
+    float* out = xp + r * c;
+    const float gate = gp[r];
+    const Vec gv(gate);
+    // dp = k * grad_a + c2 * p + c3; out = dp * gate for now; dgate = sum_j dp * x_a
+    Vec acc(0.f);
+    int64_t j = 0;
+    for (; j + Vec::size() <= ca; j += Vec::size()) {
+      const Vec x = Vec::loadu(xr + j);
+      const Vec d = at::vec::fmadd(Vec::loadu(kp + j), Vec::loadu(dr + j),
+                                   at::vec::fmadd(Vec::loadu(c2p + j), x * gv, Vec::loadu(c3p + j)));
+      acc = at::vec::fmadd(d, x, acc);
+      (d * gv).store(out + j);
+    }
+    float dgate = sum_of(acc);
+    for (; j < ca; ++j) {
+      const float d = kp[j] * dr[j] + c2p[j] * xr[j] * gate + c3p[j];
+      dgate += d * xr[j];
+      out[j] = d * gate;
+    }
+    const float ds = (sp[r] > -3.f && sp[r] < 3.f) ? dgate / 6.f : 0.f;
+    const Vec dsv(ds);
+    for (j = 0; j + Vec::size() <= ca; j += Vec::size()) {
+      at::vec::fmadd(dsv, Vec::loadu(wp + j), Vec::loadu(out + j)).store(out + j);
+      at::vec::fmadd(Vec::loadu(xr + j), dsv, Vec::loadu(part + j)).store(part + j);
+    }
+    for (; j < ca; ++j) {
+      out[j] += ds * wp[j];
+      part[j] += xr[j] * ds;
+    }
+    for (j = 0; j + Vec::size() <= cc; j += Vec::size())
+      at::vec::fmadd(Vec::loadu(xr + ca + j), Vec::loadu(slp + j), Vec::loadu(ofp + j)).store(out + ca + j);
+    for (; j < cc; ++j) out[ca + j] = xr[ca + j] * slp[j] + ofp[j];
+  });
+  return as_tensor(dwg, 1, ca).view({ca}).to(at::kFloat);
+}
+
+}  // namespace partialnet_kernels
