@@ -1,7 +1,9 @@
 """C++ CPU kernels that PyTorch's own operators cannot express in one pass.
 
 ``bn_gelu.cpp``: training-mode BatchNorm + exact GELU fused on a channels_last map (used by the
-MLP of every block, :mod:`partialnet.models.layers.bn_gelu`). The source is compiled with
+MLP of every block, :mod:`partialnet.models.layers.bn_gelu`); ``pat_spatial.cpp``: PAT_sp's
+training passes (:mod:`partialnet.models.layers.pat_spatial_tokens`); ``vec_common.h``: their
+shared checks and column sums; ``bindings.cpp``: the Python module. The sources are compiled with
 ``torch.utils.cpp_extension`` (a C++ compiler and ninja) by ``make install``, or by hand with
 ``python -m partialnet.kernels``; the build lands in a per-torch-version, per-source directory
 under ``$PARTIALNET_KERNELS_DIR`` (default ``~/.cache/partialnet/kernels``). At run time

@@ -6,32 +6,39 @@ attention half first::
     Y_a = attn_norm(X_a * hardsigmoid(attn_conv(X_a)))        attn_conv: C_a -> 1, no bias
     Y_c = conv(conv_norm(X_c))                                 conv: C_c -> C_c, no bias
 
-Written as modules, the two halves are channel slices of the channels_last map (neither NCHW- nor NHWC-contiguous), so the C_a -> 1
-conv and the norms copy them, the concatenation copies both outputs and its backward hands each
-half a strided gradient that is copied again; the C_a -> 1 conv alone took 0.85 ms of forward +
-backward on a (32, 64, 14, 14) half, for 0.4 MMACs. On a channels_last map, the
-``(N, C) = (B*H*W, C)`` token matrix is the map's own memory, and both halves are column blocks
-of it, which matrix products read in place. Here the forward is: the gate logits as one
-matrix-vector product, the gated half and its batch statistics, the normalised attention half
-written straight into its columns of the output; for the conv half, batch norm's affine map
-with the batch statistics folded into the conv's weight (``conv(a * X_c + b) = X_c (W a)^T + W b``),
-so one matrix product writes the conv half's columns from ``X_c`` itself. The backward is the
-same algebra in reverse, written out (batch norm's backward through the statistics included),
-with its results written into the two column blocks of the input gradient.
+Written as modules, the two halves are channel slices of the channels_last map (neither NCHW- nor
+NHWC-contiguous), so the C_a -> 1 conv and the norms copy them, the concatenation copies both
+outputs and its backward hands each half a strided gradient that is copied again; the C_a -> 1
+conv alone took 0.85 ms of forward + backward on a (32, 64, 14, 14) half, for 0.4 MMACs. On a
+channels_last map, the ``(N, C) = (B*H*W, C)`` token matrix is the map's own memory and both
+halves are column blocks of it. With the C++ kernels (``partialnet/kernels/pat_spatial.cpp``):
 
-Values: batch norm's and the modules' own up to float rounding (about 1e-6 on unit-scale maps);
-the gradients equal autograd's through the modules (``tests/test_pat_spatial_tokens.py`` checks
-both against the module form, and the float64 gradients with ``gradcheck``). The running
+* forward: one pass over the rows computes each row's gate logit ``s = X_a . w`` and gate, and
+  per column the sums and sums of squares of ``P = X_a * gate`` and of ``X_c`` (batch norm's
+  statistics of both halves, accumulated in float64); one pass writes the normalised attention
+  half into its columns of the output; batch norm's affine map of the conv half is folded into
+  the conv's weight (``conv(a * X_c + b) = X_c (W a)^T + W b``), so one matrix product writes the
+  conv half's columns from ``X_c`` itself;
+* backward: one pass for the gradient's column sums (batch norm's bias gradients and
+  ``sum(grad_a * P)``), one matrix product for the conv weight's gradient, one pass over the rows
+  for the input gradient of both halves (the attention half with the gate's gradient, the conv
+  half's part through its statistics) and the gate weight's gradient, one matrix product adding
+  the conv half's ``grad_c W``. Batch norm's backward through its statistics is written out in
+  the per-channel algebra (float64 vectors, a few hundred values).
+
+Values: the modules' up to float rounding (``tests/test_pat_spatial_tokens.py`` compares values,
+gradients and running statistics with the modules run in float64 and in float32). The running
 statistics are updated as ``nn.BatchNorm2d`` updates them.
 
-Only where this is exactly what the modules compute: training mode, CPU, a channels_last map,
-float32/float64 outside autocast, exact ``nn.BatchNorm2d`` norms with affine parameters and batch
-statistics, a ``nn.Hardsigmoid`` gate, bias-free 1x1 convs, and no graph capture (an export or
-``torch.compile`` sees the modules). Anything else runs the modules themselves. Measured on 2 CPU
-threads, batch 32, forward + backward of PAT_sp alone (interleaved with the modules): 18.1 -> 17.1 ms
-at C = 32, 56x56; 7.2 -> 8.1 ms (slower) at C = 64, 28x28; 4.7 -> 4.3 ms at C = 128, 14x14; 3.4 ->
-2.9 ms at C = 256, 7x7. In PartialNet-T0's whole training step it measured 1.01-1.06x
-(``bench/train_step.py``'s change table, steps alternating with it off and on).
+Only where this is exactly what the modules compute: training mode, CPU, a float32 channels_last
+map outside autocast, exact ``nn.BatchNorm2d`` norms with affine parameters and batch statistics,
+a ``nn.Hardsigmoid`` gate, bias-free 1x1 convs, no graph capture (an export or ``torch.compile``
+sees the modules), and the kernels built (:mod:`partialnet.kernels`). Anything else runs
+:meth:`PATSpatial.forward_modules`. Measured on 2 CPU threads, batch 32, forward + backward of
+PAT_sp alone (interleaved with the modules): 7.1 -> 5.0 ms at C = 64, 28x28; 4.6 -> 3.3 ms at
+C = 128, 14x14; 3.3 -> 2.6 ms at C = 256, 7x7 (at C = 32, 56x56 the modules' time moved between 18
+and 27 ms from run to run, the kernels' 9 ms). ``bench/train_step.py``'s change table prints what
+it adds to PartialNet-T0's whole training step.
 """
 from __future__ import annotations
 
