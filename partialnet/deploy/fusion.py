@@ -60,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from partialnet.errors import UserError
+from partialnet.kernels import cpu_kernels
 from partialnet.models.backbone import Mlp, PartialBlock, PartialChannelNet
 from partialnet.models.layers import (PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d,
                                       dense_activation, euclidean_bucket_index, is_pointwise)
@@ -260,11 +261,15 @@ class FusedPATChannel(nn.Module):
         """One image (``tokens`` its (H*W, C) matrix, H*W >= 2): this module's output is
         ``[conv | untouched * gate]``, returned unassembled as the conv half's map, the untouched
         half (a view of ``tokens``) and the (1, C_u) gate. Statistics and gate work on the token
-        matrix (no permutes, no unsqueezes, the SRM Linear as two products with its cached halves)."""
+        matrix: with the C++ kernels built, one call (``partialnet/kernels/srm_gate.cpp``), else
+        operators (no permutes, no unsqueezes, the SRM Linear as two products with its cached halves)."""
         mean_row, var_row, w_mean, w_std = self._token_constants(tokens.shape[0])
         t_u = tokens[:, self.dim_conv :]
-        mean, std = token_mean_std(t_u, self.std_eps, (mean_row, var_row))
-        g = F.hardsigmoid(torch.addmm(self.srm.bias, mean, w_mean).addmm_(std, w_std), inplace=True)
+        if t_u.dtype == torch.float32 and t_u.is_cpu and (kernels := cpu_kernels()) is not None:
+            g = kernels.srm_gate(t_u, w_mean, w_std, self.srm.bias, self.std_eps)  # one call (srm_gate.cpp)
+        else:
+            mean, std = token_mean_std(t_u, self.std_eps, (mean_row, var_row))
+            g = F.hardsigmoid(torch.addmm(self.srm.bias, mean, w_mean).addmm_(std, w_std), inplace=True)
         return self.conv(x[:, : self.dim_conv]), t_u, g
 
     def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

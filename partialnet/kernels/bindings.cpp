@@ -1,4 +1,4 @@
-// The Python module of partialnet's CPU kernels: the functions of bn_gelu.cpp and pat_spatial.cpp.
+// The Python module of partialnet's CPU kernels: the functions of bn_gelu.cpp, pat_spatial.cpp and srm_gate.cpp.
 #include <torch/extension.h>
 
 #include <vector>
@@ -14,6 +14,8 @@ at::Tensor pat_sp_backward_sums(const at::Tensor& grad, const at::Tensor& t, con
 at::Tensor pat_sp_backward_rows(const at::Tensor& grad, const at::Tensor& t, const at::Tensor& s, const at::Tensor& g,
                                 const at::Tensor& wg, const at::Tensor& k, const at::Tensor& c2, const at::Tensor& c3,
                                 const at::Tensor& slope, const at::Tensor& offset, at::Tensor& dx);
+at::Tensor srm_gate(const at::Tensor& tokens, const at::Tensor& w_mean, const at::Tensor& w_std,
+                    const at::Tensor& bias, double eps);
 }  // namespace partialnet_kernels
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -24,5 +26,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pat_sp_forward_sums", &pk::pat_sp_forward_sums, "PAT_sp: gate logits, gate, column sums and squares");
   m.def("pat_sp_attention_out", &pk::pat_sp_attention_out, "PAT_sp: the normalised attention half into out");
   m.def("pat_sp_backward_sums", &pk::pat_sp_backward_sums, "PAT_sp backward: column sums of the gradient");
+  m.def("srm_gate", &pk::srm_gate, "PAT_ch's SRM gate of one image from its untouched half's token matrix");
   m.def("pat_sp_backward_rows", &pk::pat_sp_backward_rows, "PAT_sp backward: the input gradient's rows");
 }
