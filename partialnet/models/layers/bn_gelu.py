@@ -33,6 +33,7 @@ import torch.nn as nn
 from partialnet.kernels import cpu_kernels
 from partialnet.models.layers.dense_activation import dense_activation
 from partialnet.models.layers.gated_norm import update_running_stats
+from partialnet.models.layers.token_view import batch_tokens
 from partialnet.utils.graph_capture import is_capturing_graph
 
 __all__ = ["batch_norm_gelu", "takes_fused_kernel"]
@@ -64,15 +65,10 @@ def batch_norm_gelu(norm: nn.Module, act: nn.Module, h: torch.Tensor) -> torch.T
     return a
 
 
-def _tokens(x: torch.Tensor) -> torch.Tensor:
-    """The (B*H*W, C) matrix that is a channels_last map's memory (a view)."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
 class _FusedBatchNormGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, eps: float):
-        t = _tokens(h)
+        t = batch_tokens(h)
         mean, var = torch.batch_norm_update_stats(t, None, None, 0.0)  # biased variance
         invstd = torch.rsqrt(var + eps)
         scale = weight * invstd
@@ -87,8 +83,8 @@ class _FusedBatchNormGelu(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, ga, *_):
         h, scale, shift, mean, invstd = ctx.saved_tensors
-        ga = _tokens(ga.contiguous(memory_format=torch.channels_last))
-        gh, sums = cpu_kernels().affine_gelu_backward(ga, _tokens(h), scale, shift, mean, invstd)
+        ga = batch_tokens(ga.contiguous(memory_format=torch.channels_last))
+        gh, sums = cpu_kernels().affine_gelu_backward(ga, batch_tokens(h), scale, shift, mean, invstd)
         sum_d, sum_dc = sums.to(h.dtype).unbind(0)  # sum(d), sum(d * (h - mean)) per channel
         b, c, height, width = h.shape
         return gh.view(b, height, width, c).permute(0, 3, 1, 2), sum_dc * invstd, sum_d, None

@@ -47,6 +47,7 @@ import torch.nn as nn
 
 from partialnet.kernels import cpu_kernels
 from partialnet.models.layers.gated_norm import update_running_stats
+from partialnet.models.layers.token_view import batch_tokens
 from partialnet.utils.graph_capture import is_capturing_graph
 
 __all__ = ["pat_spatial_tokens", "takes_token_form"]
@@ -83,11 +84,6 @@ def pat_spatial_tokens(pat_sp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _tokens(x: torch.Tensor) -> torch.Tensor:
-    """The (B*H*W, C) matrix that is a channels_last map's memory (a view)."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
 def _f32(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """Per-channel float64 values as the contiguous float32 vectors the kernels take."""
     return [t.float().contiguous() for t in tensors]
@@ -100,7 +96,7 @@ class _TokenForm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_gate, gamma_a, beta_a, gamma_c, beta_c, w_conv, eps_a: float, eps_c: float, ca: int):
         kernels = cpu_kernels()
-        t = _tokens(x)
+        t = batch_tokens(x)
         n = t.shape[0]
         wg = w_gate.reshape(ca).contiguous()
         s, gate, sums = kernels.pat_sp_forward_sums(t, wg)
@@ -128,9 +124,9 @@ class _TokenForm(torch.autograd.Function):
     def backward(ctx, gy, *_):
         x, wg, s, gate, mean, invstd, gamma_a, gamma_c, wc, wc_scaled, b_c = ctx.saved_tensors
         kernels, ca = cpu_kernels(), ctx.ca
-        t = _tokens(x)
+        t = batch_tokens(x)
         n = t.shape[0]
-        grad = _tokens(gy.contiguous(memory_format=torch.channels_last))
+        grad = batch_tokens(gy.contiguous(memory_format=torch.channels_last))
         sums = kernels.pat_sp_backward_sums(grad, t, gate, ca)
         mean_a, mean_c, invstd_a, invstd_c = mean[:ca], mean[ca:], invstd[:ca], invstd[ca:]
 

@@ -18,7 +18,7 @@ import torch
 
 from partialnet.utils.graph_capture import is_capturing_graph
 
-__all__ = ["token_matrix", "token_map"]
+__all__ = ["token_matrix", "token_map", "batch_tokens"]
 
 
 def token_matrix(x: torch.Tensor) -> torch.Tensor | None:
@@ -45,3 +45,11 @@ def token_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if n != height * width or tokens.stride(1) != 1 or row < c:
         raise ValueError(f"token_map: a ({n}, {c}) matrix with strides {tokens.stride()} is not an {height}x{width} map")
     return tokens.as_strided((1, c, height, width), (n * row, 1, width * row, row), tokens.storage_offset())
+
+
+def batch_tokens(x: torch.Tensor) -> torch.Tensor:
+    """The (B*H*W, C) matrix that is a channels_last (B, C, H, W) map's memory: one row per position
+    of every image (a view; the training kernels of :mod:`partialnet.kernels` work on it)."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"batch_tokens: the map with strides {x.stride()} is not channels_last")
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
