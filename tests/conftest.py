@@ -279,3 +279,17 @@ def assert_user_error(proc, *needles: str) -> None:
     assert len(err_lines) == 1, proc.stderr[-3000:]
     for n in needles:
         assert n in err_lines[0], f"{n!r} not in {err_lines[0]!r}"
+
+
+def randomize_batch_norm_(bn) -> None:
+    """Non-trivial affine parameters and running statistics for a batch norm (tests comparing a
+    rewritten norm with the module itself), in place."""
+    import torch
+
+    with torch.no_grad():
+        if bn.weight is not None:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+        if bn.running_mean is not None:
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)

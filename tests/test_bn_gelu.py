@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import randomize_batch_norm_
 
 import partialnet.models.layers.bn_gelu as bn_gelu_module
 from partialnet.kernels import cpu_kernels
@@ -23,13 +24,7 @@ needs_kernels = pytest.mark.skipif(not HAS_AVX2, reason="the fused kernels need 
 def _norm(c: int, **kwargs) -> nn.BatchNorm2d:
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(c, **kwargs)
-    with torch.no_grad():
-        if bn.weight is not None:
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-        if bn.running_mean is not None:
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 2.0)
+    randomize_batch_norm_(bn)
     return bn.train()
 
 

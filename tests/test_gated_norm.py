@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import randomize_batch_norm_
 
 from partialnet.models.layers import PATChannel
 from partialnet.models.layers.dense_grad import dense_grad
@@ -25,14 +26,8 @@ def _module(dim: int, **norm_kwargs) -> PATChannel:
     m = PATChannel(dim, 0.25)
     if norm_kwargs:
         m.norm = nn.BatchNorm2d(m.dim_untouched, **norm_kwargs)
-    with torch.no_grad():  # non-trivial affine parameters and running statistics
-        for bn in (m.norm, m.srm_norm):
-            if bn.weight is not None:
-                bn.weight.uniform_(0.5, 1.5)
-                bn.bias.uniform_(-0.5, 0.5)
-            if bn.running_mean is not None:
-                bn.running_mean.uniform_(-0.2, 0.2)
-                bn.running_var.uniform_(0.5, 2.0)
+    for bn in (m.norm, m.srm_norm):
+        randomize_batch_norm_(bn)
     return m
 
 

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import randomize_batch_norm_
 
 import partialnet.models.layers.pat_spatial_tokens as tokens
 from partialnet.models.layers import PATSpatial
@@ -25,12 +26,8 @@ def _module(dim: int, dtype=torch.float32, **norm_kwargs) -> PATSpatial:
         m.conv_norm = nn.BatchNorm2d(m.dim_conv, **norm_kwargs)
     with torch.no_grad():  # logits spread over the gate's linear range and both saturated ends
         m.attn_conv.weight.normal_(0, 1.0)
-        for bn in (m.attn_norm, m.conv_norm):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-            if bn.running_mean is not None:
-                bn.running_mean.uniform_(-0.2, 0.2)
-                bn.running_var.uniform_(0.5, 2.0)
+    for bn in (m.attn_norm, m.conv_norm):
+        randomize_batch_norm_(bn)
     return m.train().to(dtype=dtype, memory_format=torch.channels_last)
 
 
