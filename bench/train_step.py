@@ -6,8 +6,10 @@ AdamW's per-parameter loop. The other variants use the project's optimizer (fuse
 "after" is the step with the current layers: the shared ``srm_statistics`` (one fused
 backward), the SRM (1, 2) conv as one matrix product, PAT_ch's norm of the gated half from those
 statistics (:func:`partialnet.models.layers.gated_norm.gated_batch_norm`), dense gradients into the
-halves of each split (:func:`partialnet.models.layers.dense_grad.dense_grad`), with the model and the batch in
-channels_last; "after_nchw" is the same layers on NCHW tensors, to separate the two effects.
+halves of each split (:func:`partialnet.models.layers.dense_grad.dense_grad`), the C++ kernels of
+:mod:`partialnet.kernels` for the MLP's BatchNorm + GELU and PAT_sp's passes (when built), with the
+model and the batch in channels_last; "after_nchw" is the same layers on NCHW tensors, to separate
+the two effects (the kernels run on channels_last maps only).
 ``--compile`` adds an "after + torch.compile" row (inductor on CPU; its compile time is printed).
 
 Steps of the variants are interleaved (before, after_nchw, after; after, after_nchw, before; ...)
@@ -28,10 +30,13 @@ optimizer, same memory, so the ratio does not depend on which model instance the
 faster, which moved such ratios by 10-30 % between separate-model runs of a noisy hour): the
 small-map GEMM of :class:`~partialnet.models.layers.PointwiseConv2d` (off: every 1x1 conv on
 PyTorch's conv kernel; at 224 px it covers only the last stage and the head, at ``--size 32
---batch 256``, the demo's shape, most of the network) and the MLP's GELU on the dense view of its
+--batch 256``, the demo's shape, most of the network), the MLP's GELU on the dense view of its
 channels_last map (:func:`~partialnet.models.layers.dense_activation`; off: the GELU on the map
-itself, PyTorch's generic kernel) and PAT_ch's norm from the SRM statistics (off: batch norm on
-the gated map itself). Last, the activation memory of each block type: the bytes
+itself, PyTorch's generic kernel; both sides with batch norm and GELU as separate operators), the
+fused BatchNorm + GELU kernel (:func:`~partialnet.models.layers.batch_norm_gelu`; off: batch norm,
+then the GELU on the dense view), PAT_ch's norm from the SRM statistics (off: batch norm on the
+gated map itself) and PAT_sp's token form (:mod:`partialnet.models.layers.pat_spatial_tokens`; off:
+:meth:`~partialnet.models.layers.PATSpatial.forward_modules`). Last, the activation memory of each block type: the bytes
 autograd saves for backward in one forward of the block.
 """
 from __future__ import annotations
