@@ -145,3 +145,25 @@ def test_without_a_build_nothing_is_compiled(monkeypatch, tmp_path):
         assert not takes_fused_kernel(bn, act, x)
     finally:
         cpu_kernels.cache_clear()
+
+
+@needs_kernels
+def test_a_damaged_build_is_skipped_with_a_warning(monkeypatch, tmp_path, caplog):
+    """A build that does not load (damaged, or for another machine) is not used: one warning naming
+    the fix, and PyTorch's operators run."""
+    from partialnet.kernels import build_dir
+    from partialnet.kernels.loader import NAME
+
+    monkeypatch.setenv("PARTIALNET_KERNELS_DIR", str(tmp_path))
+    so = build_dir() / f"{NAME}.so"
+    so.parent.mkdir(parents=True)
+    so.write_bytes(b"not a shared object")
+    cpu_kernels.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="partialnet.kernels.loader"):
+            assert cpu_kernels() is None
+        assert "python -m partialnet.kernels" in caplog.text
+        bn, act, x = _norm(8), nn.GELU(), _map(2, 8, 4)
+        assert not takes_fused_kernel(bn, act, x)
+    finally:
+        cpu_kernels.cache_clear()

@@ -49,7 +49,8 @@ def _cpu_has_avx2() -> bool:
 @functools.cache
 def cpu_kernels() -> ModuleType | None:
     """The built kernels, or None when there is no build for this torch version and these sources
-    (``python -m partialnet.kernels`` makes one) or the CPU lacks AVX2. Never compiles."""
+    (``python -m partialnet.kernels`` makes one), the build does not load, or the CPU lacks AVX2.
+    Never compiles."""
     if not _cpu_has_avx2():
         return None
     so = build_dir() / f"{NAME}.so"
@@ -57,7 +58,12 @@ def cpu_kernels() -> ModuleType | None:
         log.info("partialnet's fused CPU kernels are not built (%s); PyTorch's operators run instead. "
                  "Build them with: python -m partialnet.kernels", so.parent)
         return None
-    spec = importlib.util.spec_from_file_location(NAME, so)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec = importlib.util.spec_from_file_location(NAME, so)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as e:  # a damaged or foreign build: run without it
+        log.warning("partialnet's CPU kernels in %s do not load (%s); PyTorch's operators run instead. "
+                    "Rebuild them with: python -m partialnet.kernels", so.parent, e)
+        return None
     return module
