@@ -145,7 +145,7 @@ def test_fused_batch1_eval_configs(name, kwargs, size):
 def test_batch1_inference_runs_on_the_token_matrix(monkeypatch):
     """For one image every fused block works on the (H*W, C) token matrix (each one's output stays
     channels_last, so the next one can too): in the in-place form without autograd a block hands
-    its mixer's two halves (PAT_ch: with the gate) straight to fc1 and runs the rest of the MLP on
+    its mixer's two halves straight to fc1 (PAT_ch: its gate scaling fc1's rows) and runs the rest of the MLP on
     the hidden matrix (a PAT_sf block, x + mixer(x) first, runs its MLP's own token form); PAT_sf's
     attention works on tokens in any eager form. Two images, autograd
     or a graph capture run the other forms."""
@@ -165,7 +165,7 @@ def test_batch1_inference_runs_on_the_token_matrix(monkeypatch):
         monkeypatch.setattr(cls, name, wrapped)
 
     spy(FusedBlock, "_forward_tokens")
-    spy(FusedPATChannel, "token_halves")
+    spy(FusedPATChannel, "gated_rows")
     spy(FusedMlp, "after_fc1_tokens")
     spy(FusedPATSelf, "attention_tokens")
     counts = {c.__name__: sum(isinstance(m, c) for m in fused.modules())
@@ -178,7 +178,7 @@ def test_batch1_inference_runs_on_the_token_matrix(monkeypatch):
     assert_equivalent(model, fused, one)  # logits and features, in the slicing and the split_cat form
     # the block's token form: the slicing form only (two forwards); PAT_sf's attention: both forms
     assert calls == {"FusedBlock._forward_tokens": 2 * (counts["FusedBlock"] - v2),
-                     "FusedPATChannel.token_halves": 2 * counts["FusedPATChannel"],
+                     "FusedPATChannel.gated_rows": 2 * counts["FusedPATChannel"],
                      "FusedMlp.after_fc1_tokens": 2 * counts["FusedMlp"],
                      "FusedPATSelf.attention_tokens": 4 * counts["FusedPATSelf"]}
     calls.clear()

@@ -183,6 +183,14 @@ def _derived(module: nn.Module, cache: str, key: tuple, source: torch.Tensor, co
 
 
 # --------------------------------------------------------------------------- fused modules
+def _one_image_kernels(t: torch.Tensor):
+    """The C++ kernels for one image's token matrix ``t`` (float32 CPU, no autograd: they have no
+    backward), or None."""
+    if t.dtype != torch.float32 or not t.is_cpu or torch.is_grad_enabled():
+        return None
+    return cpu_kernels()
+
+
 class FusedStem(nn.Module):
     """Stem conv with its BN folded; optionally moves the input to channels_last first."""
 
@@ -260,17 +268,27 @@ class FusedPATChannel(nn.Module):
     def token_halves(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One image (``tokens`` its (H*W, C) matrix, H*W >= 2): this module's output is
         ``[conv | untouched * gate]``, returned unassembled as the conv half's map, the untouched
-        half (a view of ``tokens``) and the (1, C_u) gate. Statistics and gate work on the token
-        matrix: with the C++ kernels built, one call (``partialnet/kernels/srm_gate.cpp``), else
-        operators (no permutes, no unsqueezes, the SRM Linear as two products with its cached halves)."""
-        mean_row, var_row, w_mean, w_std = self._token_constants(tokens.shape[0])
+        half (a view of ``tokens``) and the (1, C_u) gate (:meth:`token_gate`)."""
         t_u = tokens[:, self.dim_conv :]
-        if t_u.dtype == torch.float32 and t_u.is_cpu and (kernels := cpu_kernels()) is not None:
-            g = kernels.srm_gate(t_u, w_mean, w_std, self.srm.bias, self.std_eps)  # one call (srm_gate.cpp)
-        else:
-            mean, std = token_mean_std(t_u, self.std_eps, (mean_row, var_row))
-            g = F.hardsigmoid(torch.addmm(self.srm.bias, mean, w_mean).addmm_(std, w_std), inplace=True)
-        return self.conv(x[:, : self.dim_conv]), t_u, g
+        return self.conv(x[:, : self.dim_conv]), t_u, self.token_gate(t_u)
+
+    def token_gate(self, t_u: torch.Tensor) -> torch.Tensor:
+        """The (1, C_u) gate of one image from its untouched half's (H*W, C_u) token block: with the
+        C++ kernels built, one call (``partialnet/kernels/one_image.cpp``), else operators on the token
+        matrix (no permutes, no unsqueezes, the SRM Linear as two products with its cached halves)."""
+        mean_row, var_row, w_mean, w_std = self._token_constants(t_u.shape[0])
+        if (kernels := _one_image_kernels(t_u)) is not None:
+            return kernels.srm_gate(t_u, w_mean, w_std, self.srm.bias, self.std_eps)
+        mean, std = token_mean_std(t_u, self.std_eps, (mean_row, var_row))
+        return F.hardsigmoid(torch.addmm(self.srm.bias, mean, w_mean).addmm_(std, w_std), inplace=True)
+
+    def gated_rows(self, t_u: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``rows * gate^T`` for the gate of :meth:`token_gate` (rows: C_u x anything, e.g. the block
+        of fc1's weight that reads the untouched half); one kernel call when built."""
+        if (kernels := _one_image_kernels(t_u)) is not None:
+            _, _, w_mean, w_std = self._token_constants(t_u.shape[0])
+            return kernels.srm_gated_rows(t_u, w_mean, w_std, self.srm.bias, self.std_eps, rows)
+        return rows * self.token_gate(t_u).t()
 
     def _forward_tokens(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """One image: :meth:`token_halves`, the product, one concatenation; the output is channels_last."""
@@ -523,7 +541,11 @@ class FusedMlp(nn.Module):
             h = a_map.permute(0, 2, 3, 1).reshape(h.shape)
         y = self.fc2.linear(h)
         if self.pat_sp:
-            self._finish_attention_half(y[:, : self.dim_attn])
+            if (kernels := _one_image_kernels(y)) is not None and y.is_contiguous():  # one_image.cpp
+                scale = self.attn_scale.view(-1) if self.attn_scale is not None else y.new_empty(0)
+                kernels.pat_sp_finish_(y, self.gate_weight.view(-1), self.attn_shift.view(-1), scale)
+            else:
+                self._finish_attention_half(y[:, : self.dim_attn])
         return token_map(y, height, width)
 
     def extra_repr(self) -> str:
@@ -564,13 +586,13 @@ class FusedBlock(nn.Module):
         rest @ (gate * W_b)`` (the gate scales W_b's rows, C_u x hidden, instead of the H*W x C_u
         half; PConv's untouched half is a view of x), then the rest of the MLP and the residual."""
         mixer, cp = self.mixer, self.mixer.dim_conv
-        if isinstance(mixer, (FusedPATChannel, FusedPATSelf)):
-            conv, rest, gate = mixer.token_halves(x, tokens)
-        else:  # PConv
-            conv, rest, gate = mixer.conv(x[:, :cp]), tokens[:, cp:], None
         w_conv, w_rest = self.mlp.fc1_halves(cp)
-        if gate is not None:
-            w_rest = w_rest * gate.t()
+        if isinstance(mixer, FusedPATSelf):
+            conv, rest, _ = mixer.token_halves(x, tokens)
+        else:  # PAT_ch (the gate scales fc1's rows) or PConv
+            conv, rest = mixer.conv(x[:, :cp]), tokens[:, cp:]
+            if isinstance(mixer, FusedPATChannel):
+                w_rest = mixer.gated_rows(rest, w_rest)
         # (fused fc1 always has a bias: the folded BN's shift; a channels_last conv map's tokens are a view)
         h = torch.addmm(self.mlp.fc1.bias, conv.permute(0, 2, 3, 1).reshape(-1, cp), w_conv).addmm_(rest, w_rest)
         return self.mlp.after_fc1_tokens(h, x.shape[2], x.shape[3]).add_(x)

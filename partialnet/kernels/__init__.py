@@ -2,8 +2,9 @@
 
 ``bn_gelu.cpp``: training-mode BatchNorm + exact GELU fused on a channels_last map (used by the
 MLP of every block, :mod:`partialnet.models.layers.bn_gelu`); ``pat_spatial.cpp``: PAT_sp's
-training passes (:mod:`partialnet.models.layers.pat_spatial_tokens`); ``srm_gate.cpp``: PAT_ch's
-gate for one image at inference (:class:`partialnet.deploy.fusion.FusedPATChannel`); ``vec_common.h``: their
+training passes (:mod:`partialnet.models.layers.pat_spatial_tokens`); ``one_image.cpp``: steps of
+the fused modules' one-image forms at inference (PAT_ch's gate and the fc1 rows it scales, PAT_sp's
+attention half; :mod:`partialnet.deploy.fusion`), one call each where operators need several; ``vec_common.h``: their
 shared checks and column sums; ``bindings.cpp``: the Python module. The sources are compiled with
 ``torch.utils.cpp_extension`` (a C++ compiler and ninja) by ``make install``, or by hand with
 ``python -m partialnet.kernels``; the build lands in a per-torch-version, per-source directory

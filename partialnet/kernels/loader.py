@@ -16,7 +16,7 @@ __all__ = ["build", "build_dir", "cpu_kernels"]
 log = logging.getLogger(__name__)
 
 NAME = "partialnet_cpu_kernels"
-SOURCES = tuple(Path(__file__).with_name(f) for f in ("bindings.cpp", "bn_gelu.cpp", "pat_spatial.cpp", "srm_gate.cpp"))
+SOURCES = tuple(Path(__file__).with_name(f) for f in ("bindings.cpp", "bn_gelu.cpp", "pat_spatial.cpp", "one_image.cpp"))
 HEADERS = (Path(__file__).with_name("vec_common.h"),)
 # AVX2 + FMA: ATen's 256-bit vector types; OpenMP: ATen's parallel_for runs on torch's own threads.
 CFLAGS = ("-O3", "-fopenmp", "-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2")
