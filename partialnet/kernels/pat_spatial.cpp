@@ -4,7 +4,9 @@
 // (MKL, on column blocks) and the per-channel algebra stay on the Python side.
 //
 //   pat_sp_forward_sums(t, wg)                    logits s, gate g = hardsigmoid(s) (N each), and per column
-//                                                 sum and sum of squares of p = x_a * g | x_c ((2, C) double)
+//                                                 of v = p = x_a * g | x_c: sum(v - v0), sum((v - v0)^2) and
+//                                                 the shift v0 (row 0), as a (3, C) double matrix (the shift
+//                                                 keeps the variance exact when a column's mean is far from 0)
 //   pat_sp_attention_out(t, g, k, m, out)         out[:, :ca] = x_a * g * k + m
 //   pat_sp_backward_sums(grad, t, g, ca)          per column sum of grad, and sum(grad_a * p) ((2, C) double)
 //   pat_sp_backward_rows(grad, t, s, g, wg, k, c2, c3, slope, offset, dx)
@@ -40,7 +42,11 @@ std::vector<at::Tensor> pat_sp_forward_sums(const at::Tensor& t, const at::Tenso
   const float* wp = wg.data_ptr<float>();
   float* sp = s.data_ptr<float>();
   float* gp = g.data_ptr<float>();
-  const std::vector<double> sums = column_sums(n, 2 * c, [&](int64_t r, float* part) {
+  std::vector<float> shift(c);  // row 0's values of v
+  const float gate0 = hardsigmoid(dot(tp, wp, ca));
+  for (int64_t j = 0; j < c; ++j) shift[j] = j < ca ? tp[j] * gate0 : tp[j];
+  const float* hp = shift.data();
+  std::vector<double> sums = column_sums(n, 2 * c, [&](int64_t r, float* part) {
     const float* xr = tp + r * c;
     float* sum = part;
     float* sq = part + c;
@@ -51,26 +57,28 @@ std::vector<at::Tensor> pat_sp_forward_sums(const at::Tensor& t, const at::Tenso
     const Vec gv(gate);
     int64_t j = 0;
     for (; j + Vec::size() <= ca; j += Vec::size()) {
-      const Vec p = Vec::loadu(xr + j) * gv;
-      (Vec::loadu(sum + j) + p).store(sum + j);
-      at::vec::fmadd(p, p, Vec::loadu(sq + j)).store(sq + j);
+      const Vec d = Vec::loadu(xr + j) * gv - Vec::loadu(hp + j);
+      (Vec::loadu(sum + j) + d).store(sum + j);
+      at::vec::fmadd(d, d, Vec::loadu(sq + j)).store(sq + j);
     }
     for (; j < ca; ++j) {
-      const float p = xr[j] * gate;
-      sum[j] += p;
-      sq[j] += p * p;
+      const float d = xr[j] * gate - hp[j];
+      sum[j] += d;
+      sq[j] += d * d;
     }
     for (; j + Vec::size() <= c; j += Vec::size()) {
-      const Vec x = Vec::loadu(xr + j);
-      (Vec::loadu(sum + j) + x).store(sum + j);
-      at::vec::fmadd(x, x, Vec::loadu(sq + j)).store(sq + j);
+      const Vec d = Vec::loadu(xr + j) - Vec::loadu(hp + j);
+      (Vec::loadu(sum + j) + d).store(sum + j);
+      at::vec::fmadd(d, d, Vec::loadu(sq + j)).store(sq + j);
     }
     for (; j < c; ++j) {
-      sum[j] += xr[j];
-      sq[j] += xr[j] * xr[j];
+      const float d = xr[j] - hp[j];
+      sum[j] += d;
+      sq[j] += d * d;
     }
   });
-  return {s, g, as_tensor(sums, 2, c)};
+  sums.insert(sums.end(), shift.begin(), shift.end());
+  return {s, g, as_tensor(sums, 3, c)};
 }
 
 void pat_sp_attention_out(const at::Tensor& t, const at::Tensor& g, const at::Tensor& k, const at::Tensor& m,

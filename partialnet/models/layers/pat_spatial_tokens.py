@@ -15,7 +15,8 @@ halves are column blocks of it. With the C++ kernels (``partialnet/kernels/pat_s
 
 * forward: one pass over the rows computes each row's gate logit ``s = X_a . w`` and gate, and
   per column the sums and sums of squares of ``P = X_a * gate`` and of ``X_c`` (batch norm's
-  statistics of both halves, accumulated in float64); one pass writes the normalised attention
+  statistics of both halves, accumulated in float64 around the first row's values, so that a
+  column whose mean is far from zero keeps its variance); one pass writes the normalised attention
   half into its columns of the output; batch norm's affine map of the conv half is folded into
   the conv's weight (``conv(a * X_c + b) = X_c (W a)^T + W b``), so one matrix product writes the
   conv half's columns from ``X_c`` itself;
@@ -100,8 +101,9 @@ class _TokenForm(torch.autograd.Function):
         n = t.shape[0]
         wg = w_gate.reshape(ca).contiguous()
         s, gate, sums = kernels.pat_sp_forward_sums(t, wg)
-        mean = sums[0] / n
-        var = (sums[1] / n - mean * mean).clamp_min(0.0)  # biased, as batch norm normalises
+        offset = sums[0] / n  # sums of v - v0 and (v - v0)^2, v0 the shift (row 0)
+        mean = sums[2] + offset
+        var = (sums[1] / n - offset * offset).clamp_min(0.0)  # biased, as batch norm normalises
         invstd = torch.rsqrt(var + torch.cat((var.new_full((ca,), eps_a), var.new_full((var.numel() - ca,), eps_c))))
         mean_a, mean_c, invstd_a, invstd_c = mean[:ca], mean[ca:], invstd[:ca], invstd[ca:]
         k_a = gamma_a.double() * invstd_a
