@@ -133,14 +133,16 @@ def test_mlp_trains_through_the_kernel(monkeypatch):
     assert calls == []
 
 
-def test_without_a_build_nothing_is_compiled(monkeypatch, tmp_path):
+def test_without_a_build_nothing_is_compiled(monkeypatch, tmp_path, caplog):
     """cpu_kernels() only loads a finished build: with an empty build directory it returns None at
-    once (no compiler run), and batch_norm_gelu runs the modules."""
+    once (no compiler run, one warning naming the build command), and batch_norm_gelu runs the modules."""
     monkeypatch.setenv("PARTIALNET_KERNELS_DIR", str(tmp_path))
     cpu_kernels.cache_clear()
     try:
-        assert cpu_kernels() is None
+        with caplog.at_level("WARNING", logger="partialnet.kernels.loader"):
+            assert cpu_kernels() is None
         assert list(tmp_path.iterdir()) == []
+        assert "python -m partialnet.kernels" in caplog.text
         bn, act, x = _norm(8), nn.GELU(), _map(2, 8, 4)
         assert not takes_fused_kernel(bn, act, x)
     finally:
@@ -167,3 +169,22 @@ def test_a_damaged_build_is_skipped_with_a_warning(monkeypatch, tmp_path, caplog
         assert not takes_fused_kernel(bn, act, x)
     finally:
         cpu_kernels.cache_clear()
+
+
+def test_a_failed_build_is_one_line_and_exit_2(monkeypatch, tmp_path):
+    """``python -m partialnet.kernels`` where the compiler fails: one line naming the cause and the
+    fix, exit code 2, no traceback."""
+    import partialnet.kernels.loader as loader
+    from conftest import run_module
+
+    def failing_build(verbose=False):
+        raise RuntimeError("Error building extension 'partialnet_cpu_kernels'\nc++: not found")
+
+    monkeypatch.setenv("PARTIALNET_KERNELS_DIR", str(tmp_path))
+    monkeypatch.setattr(loader, "build", failing_build)
+    proc = run_module("partialnet.kernels", [])
+    assert proc.returncode == 2
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: could not build the CPU kernels"), proc.stderr
+    assert "Error building extension" in err[0] and "apt-get install g++" in err[0]
+    assert "Traceback" not in proc.stderr

@@ -55,8 +55,9 @@ def cpu_kernels() -> ModuleType | None:
         return None
     so = build_dir() / f"{NAME}.so"
     if not so.is_file():
-        log.info("partialnet's fused CPU kernels are not built (%s); PyTorch's operators run instead. "
-                 "Build them with: python -m partialnet.kernels", so.parent)
+        log.warning("partialnet's CPU kernels are not built for this torch version and these sources (%s); "
+                    "PyTorch's operators run instead, more slowly. Build them with: python -m partialnet.kernels",
+                    so.parent)
         return None
     try:
         spec = importlib.util.spec_from_file_location(NAME, so)

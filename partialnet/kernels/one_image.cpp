@@ -57,7 +57,7 @@ std::vector<float> gate_of(const at::Tensor& tokens, const at::Tensor& w_mean, c
     const float* wsr = ws + i * cu;
     for (int64_t j = 0; j < cu; ++j) gp[j] += m * wmr[j] + s * wsr[j];
   }
-  for (int64_t j = 0; j < cu; ++j) gp[j] = std::min(std::max(gp[j] + 3.f, 0.f), 6.f) / 6.f;
+  for (int64_t j = 0; j < cu; ++j) gp[j] = hardsigmoid(gp[j]);
   return gate;
 }
 
@@ -93,7 +93,7 @@ at::Tensor srm_gated_rows(const at::Tensor& tokens, const at::Tensor& w_mean, co
 void pat_sp_finish_(at::Tensor& y, const at::Tensor& w, const at::Tensor& shift, const at::Tensor& scale) {
   check_matrix(y, "y");
   const int64_t n = y.size(0), c = y.size(1), ca = w.numel();
-  TORCH_CHECK(ca >= 1 && ca <= c, "the attention half must have between 1 and C channels");
+  check_split(ca, c, false);
   check_vector(w, "w", ca);
   check_vector(shift, "shift", ca);
   const bool scaled = scale.numel() > 0;
@@ -105,14 +105,10 @@ void pat_sp_finish_(at::Tensor& y, const at::Tensor& w, const at::Tensor& shift,
   at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* yr = yp + r * c;
-      Vec acc(0.f);
-      int64_t j = 0;
-      for (; j + Vec::size() <= ca; j += Vec::size()) acc = at::vec::fmadd(Vec::loadu(yr + j), Vec::loadu(wp + j), acc);
-      float logit = sum_of(acc);
-      for (; j < ca; ++j) logit += yr[j] * wp[j];
-      const float g = std::min(std::max(logit + 3.f, 0.f), 6.f) / 6.f;
+      const float g = hardsigmoid(dot(yr, wp, ca));
       const Vec gv(g);
-      for (j = 0; j + Vec::size() <= ca; j += Vec::size()) {
+      int64_t j = 0;
+      for (; j + Vec::size() <= ca; j += Vec::size()) {
         Vec v = Vec::loadu(yr + j) * gv;
         if (scaled) v = v * Vec::loadu(kp + j);
         (v + Vec::loadu(sp + j)).store(yr + j);

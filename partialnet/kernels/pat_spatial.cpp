@@ -16,26 +16,11 @@
 #include "vec_common.h"
 
 namespace partialnet_kernels {
-namespace {
-
-inline float hardsigmoid(float s) { return std::min(std::max(s + 3.f, 0.f), 6.f) / 6.f; }
-
-inline float dot(const float* x, const float* w, int64_t n) {
-  Vec acc(0.f);
-  int64_t j = 0;
-  for (; j + Vec::size() <= n; j += Vec::size()) acc = at::vec::fmadd(Vec::loadu(x + j), Vec::loadu(w + j), acc);
-  float s = sum_of(acc);
-  for (; j < n; ++j) s += x[j] * w[j];
-  return s;
-}
-
-}  // namespace
-
 std::vector<at::Tensor> pat_sp_forward_sums(const at::Tensor& t, const at::Tensor& wg) {
   check_matrix(t, "t");
   const int64_t n = t.size(0), c = t.size(1), ca = wg.numel();
   check_vector(wg, "wg", ca);
-  TORCH_CHECK(ca >= 1 && ca < c, "the attention half must have between 1 and C - 1 channels");
+  check_split(ca, c, true);
   auto s = at::empty({n}, t.options());
   auto g = at::empty({n}, t.options());
   const float* tp = t.data_ptr<float>();
@@ -85,6 +70,7 @@ void pat_sp_attention_out(const at::Tensor& t, const at::Tensor& g, const at::Te
                           at::Tensor& out) {
   check_matrix(t, "t");
   const int64_t n = t.size(0), c = t.size(1), ca = k.numel();
+  check_split(ca, c, false);
   check_matrix(out, "out", n, c);
   check_vector(g, "g", n);
   check_vector(k, "k", ca);
@@ -112,7 +98,7 @@ at::Tensor pat_sp_backward_sums(const at::Tensor& grad, const at::Tensor& t, con
   const int64_t n = t.size(0), c = t.size(1);
   check_matrix(grad, "grad", n, c);
   check_vector(g, "g", n);
-  TORCH_CHECK(ca >= 1 && ca < c, "the attention half must have between 1 and C - 1 channels");
+  check_split(ca, c, true);
   const float* dp = grad.data_ptr<float>();
   const float* tp = t.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
@@ -143,6 +129,7 @@ at::Tensor pat_sp_backward_rows(const at::Tensor& grad, const at::Tensor& t, con
                                 const at::Tensor& slope, const at::Tensor& offset, at::Tensor& dx) {
   check_matrix(t, "t");
   const int64_t n = t.size(0), c = t.size(1), ca = wg.numel(), cc = c - ca;
+  check_split(ca, c, true);
   check_matrix(grad, "grad", n, c);
   check_matrix(dx, "dx", n, c);
   check_vector(s, "s", n);

@@ -1,5 +1,5 @@
 // Shared helpers of the kernels in this folder: checks of the arguments, float partial sums per
-// block of rows folded into per-thread double totals, and a horizontal sum of a vector.
+// block of rows folded into per-thread double totals, a horizontal sum, a dot product and hardsigmoid.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,9 +25,27 @@ inline void check_vector(const at::Tensor& t, const char* name, int64_t size) {
               name, " must be a contiguous float32 CPU vector of ", size, " values");
 }
 
+// PAT_sp's attention half: columns [0, ca) of C, at least one channel (and one left when `rest`).
+inline void check_split(int64_t ca, int64_t c, bool rest) {
+  TORCH_CHECK(ca >= 1 && (rest ? ca < c : ca <= c), "the attention half has ", ca, " of ", c,
+              " channels; it needs between 1 and ", rest ? c - 1 : c);
+}
+
 inline float sum_of(const Vec& v) {
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, v);
 }
+
+inline float dot(const float* x, const float* w, int64_t n) {
+  Vec acc(0.f);
+  int64_t j = 0;
+  for (; j + Vec::size() <= n; j += Vec::size()) acc = at::vec::fmadd(Vec::loadu(x + j), Vec::loadu(w + j), acc);
+  float s = sum_of(acc);
+  for (; j < n; ++j) s += x[j] * w[j];
+  return s;
+}
+
+// PyTorch's hardsigmoid: min(max(x + 3, 0), 6) / 6
+inline float hardsigmoid(float x) { return std::min(std::max(x + 3.f, 0.f), 6.f) / 6.f; }
 
 // Column sums over rows [0, n): body(r, partial) adds row r's contributions to `width` float
 // partials; every kBlock rows the partials are folded into the calling thread's double totals.
