@@ -6,7 +6,11 @@ compares a runner's outputs with the model's own eval outputs and raises a one-l
 :class:`UserError` beyond the tolerance, so no runtime is timed that computes something else.
 
 - ``eager``: the fused model as is, under ``torch.inference_mode``.
-- ``compile``: ``torch.compile(fused)`` (inductor; the first call per input shape compiles).
+- ``compile``: ``torch.compile(fused)`` (inductor; the first call per input shape compiles). On
+  the CPU with inductor's inference options: frozen weights (constants folded, convs and linears
+  on prepacked oneDNN/MKL weights) and a C++ wrapper around the kernels (no Python call per
+  kernel). Fused PartialNet-T0 at batch 1, 2 threads: about 1.3x faster than plain
+  ``torch.compile``; FasterNet-T0 gains about as much.
 - ``onnxruntime``: the split-cat ONNX export (:func:`partialnet.deploy.export_onnx`) in an
   onnxruntime CPU session with all graph optimisations and non-spinning intra-op threads, one
   fixed-batch graph per batch size
@@ -42,6 +46,7 @@ from partialnet.utils.signal_stack import preserved_signal_stack
 __all__ = ["RUNTIMES", "make_runner", "check_runner", "Runner"]
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
+CPU_COMPILE_OPTIONS = {"freezing": True, "cpp_wrapper": True}  # inductor's settings for CPU inference
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -188,7 +193,7 @@ def make_runner(runtime: str, fused: nn.Module, input_size: int, device: torch.d
     if runtime == "eager":
         return _inference(fused)
     if runtime == "compile":
-        return _inference(torch.compile(fused))
+        return _inference(torch.compile(fused, options=CPU_COMPILE_OPTIONS if device.type == "cpu" else None))
     if device.type != "cpu":
         raise UserError(f"runtime={runtime} runs on the CPU here; use device=cpu or runtime=eager|compile")
     if runtime == "openvino":

@@ -12,7 +12,7 @@ from timm.layers import LayerNorm2d
 
 from partialnet.models.layers.pconv import PartialSplit
 from partialnet.models.layers.rpe import DEFAULT_NUM_BUCKETS, EuclideanRPE
-from partialnet.utils.graph_capture import is_capturing_graph
+from partialnet.utils.graph_capture import is_exporting_graph
 
 __all__ = ["heads_for", "merge_heads", "PATSelf"]
 
@@ -31,12 +31,12 @@ def heads_for(channels: int, num_heads: int) -> int:
 def merge_heads(out: torch.Tensor) -> torch.Tensor:
     """(B, heads, N, head_dim) attention outputs as one (B, N, heads*head_dim) token matrix.
 
-    Under a graph capture (ONNX export) the heads are merged through (B, heads*head_dim, N): OpenVINO's
+    In an exported graph (ONNX) the heads are merged through (B, heads*head_dim, N): OpenVINO's
     CPU plugin (2026.4) miscomputes the direct (B, heads, N, d) -> (B, N, heads, d) -> (B, N, C) form when
     heads == N, e.g. 4 heads on the 2x2 last stage of a 64-px input (relative error 6 %); both forms are
     the same values."""
     b, heads, n, d = out.shape
-    if is_capturing_graph():
+    if is_exporting_graph():
         return out.transpose(2, 3).reshape(b, heads * d, n).transpose(1, 2)
     return out.transpose(1, 2).reshape(b, n, heads * d)
 

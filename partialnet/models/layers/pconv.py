@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from partialnet.errors import UserError
+from partialnet.utils.graph_capture import is_capturing_graph
 
 __all__ = ["conv_channels", "PartialSplit", "PartialConv"]
 
@@ -69,7 +70,8 @@ class PartialConv(PartialSplit):
     ``'slicing'`` (inference) clones the input and overwrites its first c_p channels, so
     the caller's tensor (the block's shortcut) is never modified. Both give equal outputs.
     The in-place write would break the conv's backward, so while autograd is on
-    (``torch.is_grad_enabled()``) the slicing form runs as split_cat.
+    (``torch.is_grad_enabled()``) the slicing form runs as split_cat; so it does under a graph
+    capture (``torch.compile`` with frozen weights fails on a slice write that feeds a conv).
     """
 
     def __init__(self, dim: int, ratio: float = 0.25, forward_type: str = "split_cat"):
@@ -88,7 +90,7 @@ class PartialConv(PartialSplit):
         self._forward_type = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._forward_type == "slicing" and not torch.is_grad_enabled():
+        if self._forward_type == "slicing" and not torch.is_grad_enabled() and not is_capturing_graph():
             x = x.clone()  # keep the caller's tensor (the residual shortcut) intact
             x[:, : self.dim_conv] = self.conv(x[:, : self.dim_conv])
             return x

@@ -12,9 +12,12 @@ to that GEMM in two cases, measured on 2 threads:
 
 Larger maps with several images keep the conv kernel: there the GEMM measured 0.9-1.25x per layer
 alone and nothing for whole models (PartialNet-T0's training step at 224 px with the GEMM on 14x14
-maps too, or on 14x14 and 28x28: 0.99-1.01x, steps alternating). NCHW input, CUDA and graph
-captures (TorchScript tracing for the ONNX export, ``torch.compile``, ``torch.export``) take
+maps too, or on 14x14 and 28x28: 0.99-1.01x, steps alternating). NCHW input, CUDA and the
+exporting captures (TorchScript tracing for the ONNX export, ``torch.export``) take
 ``nn.Conv2d``'s own forward, so exported graphs keep a Conv node; the state dict is a Conv2d's.
+``torch.compile`` traces the same choice as eager mode: with frozen weights inductor runs the
+GEMM as a prepacked MKL product (fused PartialNet-T0 at batch 1 measured 3-4 % faster than with
+the conv; fused FasterNet-T0 unchanged).
 ``bench/runtimes.py`` and ``bench/train_step.py`` measure the models that use it.
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from partialnet.utils.graph_capture import is_capturing_graph
+from partialnet.utils.graph_capture import is_capturing_graph, is_torch_compiling
 
 __all__ = ["PointwiseConv2d", "is_pointwise"]
 
@@ -42,7 +45,7 @@ def _takes_gemm(x: torch.Tensor) -> bool:
         return False
     if x.shape[2] * x.shape[3] > SMALL_MAP and (x.shape[0] != 1 or torch.is_grad_enabled()):
         return False
-    return not is_capturing_graph()
+    return not is_capturing_graph() or is_torch_compiling()
 
 
 class PointwiseConv2d(nn.Conv2d):
