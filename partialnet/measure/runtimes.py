@@ -9,8 +9,8 @@ compares a runner's outputs with the model's own eval outputs and raises a one-l
 - ``compile``: ``torch.compile(fused)`` (inductor; the first call per input shape compiles). On
   the CPU with inductor's inference options: frozen weights (constants folded, convs and linears
   on prepacked oneDNN/MKL weights) and a C++ wrapper around the kernels (no Python call per
-  kernel). Fused PartialNet-T0 at batch 1, 2 threads: about 1.3x faster than plain
-  ``torch.compile``; FasterNet-T0 gains about as much.
+  kernel). Fused PartialNet-T0 and FasterNet-T0 at batch 1, 2 threads: 1.05x and 1.06x faster
+  than plain ``torch.compile`` (per-round CPU time, one process).
 - ``onnxruntime``: the split-cat ONNX export (:func:`partialnet.deploy.export_onnx`) in an
   onnxruntime CPU session with all graph optimisations and non-spinning intra-op threads, one
   fixed-batch graph per batch size
