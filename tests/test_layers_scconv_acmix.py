@@ -211,3 +211,31 @@ def test_acmix_gate_starts_at_half_half():
 def test_acmix_rejects_bad_heads():
     with pytest.raises(ValueError):
         ACmix(42, 42, head=4)
+
+
+def test_acmix_coordinates_are_linspace():
+    """The arange form of the position coordinates gives linspace's values."""
+    ref = torch.zeros(1)
+    for h, w in ((1, 1), (1, 5), (7, 7), (13, 9), (56, 56)):
+        c = _coords(h, w, ref)
+        torch.testing.assert_close(c[0, 0, 0], torch.linspace(-1, 1, w), atol=3e-7, rtol=0)
+        torch.testing.assert_close(c[0, 1, :, 0], torch.linspace(-1, 1, h), atol=3e-7, rtol=0)
+
+
+def test_acmix_exports_in_float32(tmp_path):
+    """The ONNX export of ACmix computes in float32 (an exported linspace used to turn the block into
+    float64, which OpenVINO refuses to compile) and, where OpenVINO is installed, runs there."""
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    m = ACmix(16, 16, head=4).eval()
+    x = torch.randn(1, 16, 8, 8)
+    path = tmp_path / "acmix.onnx"
+    torch.onnx.export(m, (x,), str(path), dynamo=False, opset_version=17)
+    graph = onnx.load(str(path)).graph
+    double = onnx.TensorProto.DOUBLE
+    casts = [n.name for n in graph.node if n.op_type == "Cast" and any(a.name == "to" and a.i == double for a in n.attribute)]
+    assert not casts, casts
+    ov = pytest.importorskip("openvino")
+    got = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(got - m(x).numpy()).max() <= 1e-4

@@ -42,10 +42,16 @@ import torch.nn.functional as F
 __all__ = ["ACmix"]
 
 
+def _axis(n: int, ref: torch.Tensor) -> torch.Tensor:
+    """``linspace(-1, 1, n)`` in ``ref``'s dtype, written with ``arange``: the ONNX exporter's
+    ``linspace`` computes in float64, which turns the whole block into float64 (OpenVINO rejects it)."""
+    i = torch.arange(n, device=ref.device, dtype=ref.dtype)
+    return i * (2.0 / (n - 1)) - 1.0 if n > 1 else i - 1.0
+
+
 def _coords(h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
     """Normalised (x, y) coordinates in [-1, 1] as a (1, 2, h, w) tensor."""
-    ys = torch.linspace(-1.0, 1.0, h, device=ref.device, dtype=ref.dtype)
-    xs = torch.linspace(-1.0, 1.0, w, device=ref.device, dtype=ref.dtype)
+    ys, xs = _axis(h, ref), _axis(w, ref)
     return torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)]).unsqueeze(0)
 
 
