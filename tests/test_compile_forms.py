@@ -22,8 +22,9 @@ TOL = 1e-4
 
 
 def _graph_of(module: nn.Module, x: torch.Tensor) -> tuple[torch.fx.GraphModule, torch.Tensor]:
-    """The FX graph dynamo captures for ``module(x)`` without autograd (no compiler runs), and the
-    output of running that graph."""
+    """The FX graph dynamo captures for ``module(x)`` under inference mode, as runtime=compile runs it
+    (no compiler runs), and the output of running that graph. ``fullgraph``: one graph, no graph
+    break (each would be a round trip through Python on every forward)."""
     graphs = []
 
     def record(gm, example_inputs):
@@ -31,7 +32,7 @@ def _graph_of(module: nn.Module, x: torch.Tensor) -> tuple[torch.fx.GraphModule,
         return gm.forward
 
     torch._dynamo.reset()
-    with torch.no_grad():
+    with torch.inference_mode():
         out = torch.compile(module, backend=record, fullgraph=True)(x)
     torch._dynamo.reset()
     assert len(graphs) == 1

@@ -82,23 +82,6 @@ def test_each_batch_size_gets_its_own_checked_static_graph(model):
     assert seen == [[2, 3, 32, 32]] and 2 not in runner.graphs  # a fixed batch, not a dynamic axis
 
 
-@pytest.mark.slow
-def test_compile_runtime_reproduces_the_model(model):
-    runner = make_runner("compile", fuse(model), 32)
-    assert check_runner(runner, model, torch.randn(2, 3, 32, 32), "compile") <= 1e-4
-
-
-def test_fused_model_is_one_graph_for_the_compiler(model):
-    """runtime=compile gets the whole fused model as one graph (batch 1, where the eager-only batch-1
-    forms must stay out of the trace too): no graph break from the in-place 'slicing' writes or the
-    attention-bias cache (each break is a round trip through Python on every forward)."""
-    torch._dynamo.reset()
-    with torch.inference_mode():
-        ex = torch._dynamo.explain(fuse(model))(torch.randn(1, 3, 32, 32))
-    torch._dynamo.reset()
-    assert ex.graph_break_count == 0, [b.reason.splitlines()[0] for b in ex.break_reasons]
-
-
 def test_check_runner_refuses_another_computation(model):
     other = create_model("partialnet_t0", num_classes=10).eval()
     runner = make_runner("onnxruntime", fuse(other), 32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -36,6 +37,11 @@ def _ratio_file(run: Path) -> dict:
     return yaml.safe_load((run / "ratios.yaml").read_text())
 
 
+# make test-all (about 20 s). The fast tier covers its parts: a search run through the CLI and its
+# ratios file (test_search_resume.py, test_search_ratios_contract.py), train.py on a ratios file
+# (test_errors.py), a file rebuilt, fused and exported (test_search_mlp_space.py), a Hydra sweep's
+# separate runs (test_cli.py).
+@pytest.mark.slow
 def test_search_sweep_then_retrain_rebuilds_each_file(tmp_path):
     """A 2-job sweep (flops_ratio 0.95 and 1.15: one ratios.yaml each), then both retrained by train.py.
 
