@@ -188,3 +188,22 @@ def test_a_failed_build_is_one_line_and_exit_2(monkeypatch, tmp_path):
     assert len(err) == 1 and err[0].startswith("error: could not build the CPU kernels"), proc.stderr
     assert "Error building extension" in err[0] and "apt-get install g++" in err[0]
     assert "Traceback" not in proc.stderr
+
+
+@needs_kernels
+def test_kernels_refuse_arguments_they_would_misread():
+    """Each kernel checks its tensors (float32, contiguous, CPU, shape) and the attention half's size
+    before it reads their memory: a refusal, not a read past a buffer."""
+    k = cpu_kernels()
+    h, s, t = torch.randn(6, 4), torch.randn(4), torch.randn(4)
+    assert torch.isfinite(k.affine_gelu(h, s, t)).all()
+    for args, needle in (((h.double(), s, t), "h must be a contiguous float32 CPU matrix"),
+                         ((h.t(), s, t), "h must be a contiguous float32 CPU matrix"),
+                         ((h, s[:3], t), "s must be a contiguous float32 CPU vector of 4 values"),
+                         ((h, s, t.double()), "t must be a contiguous float32 CPU vector of 4 values")):
+        with pytest.raises(RuntimeError, match=needle):
+            k.affine_gelu(*args)
+    with pytest.raises(RuntimeError, match="the attention half has 5 of 4 channels; it needs between 1 and 4"):
+        k.pat_sp_attention_out(h, torch.rand(6), torch.ones(5), torch.zeros(5), torch.empty(6, 4))
+    with pytest.raises(RuntimeError, match="out has the wrong shape"):
+        k.pat_sp_attention_out(h, torch.rand(6), torch.ones(2), torch.zeros(2), torch.empty(6, 3))

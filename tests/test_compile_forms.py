@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 
 import partialnet
-from partialnet.deploy import fuse, set_forward_type
-from partialnet.deploy import fusion
+from partialnet.deploy import fuse, fusion, set_forward_type
 from partialnet.deploy.fusion import FusedMlp
 from partialnet.measure.runtimes import check_runner, make_runner
 from partialnet.models.layers import pointwise_conv

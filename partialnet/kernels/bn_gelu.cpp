@@ -62,14 +62,11 @@ inline float gelu_grad_scalar(float y) {
 }  // namespace
 
 at::Tensor affine_gelu(const at::Tensor& h, const at::Tensor& s, const at::Tensor& t) {
-  check_matrix(h, "h");
+  const float* hp = check_matrix(h, "h");
   const int64_t n = h.size(0), c = h.size(1);
-  check_vector(s, "s", c);
-  check_vector(t, "t", c);
+  const float* sp = check_vector(s, "s", c);
+  const float* tp = check_vector(t, "t", c);
   auto a = at::empty_like(h);
-  const float* hp = h.data_ptr<float>();
-  const float* sp = s.data_ptr<float>();
-  const float* tp = t.data_ptr<float>();
   float* ap = a.data_ptr<float>();
   at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -90,19 +87,13 @@ at::Tensor affine_gelu(const at::Tensor& h, const at::Tensor& s, const at::Tenso
 // gh = s * d - s / n * sum(d) - s * invstd^2 / n * (h - mean) * sum(d * (h - mean)).
 std::vector<at::Tensor> affine_gelu_backward(const at::Tensor& ga, const at::Tensor& h, const at::Tensor& s,
                                              const at::Tensor& t, const at::Tensor& mean, const at::Tensor& invstd) {
-  check_matrix(h, "h");
+  const float* hp = check_matrix(h, "h");
   const int64_t n = h.size(0), c = h.size(1);
-  check_matrix(ga, "ga", n, c);
-  check_vector(s, "s", c);
-  check_vector(t, "t", c);
-  check_vector(mean, "mean", c);
-  check_vector(invstd, "invstd", c);
-  const float* gp = ga.data_ptr<float>();
-  const float* hp = h.data_ptr<float>();
-  const float* sp = s.data_ptr<float>();
-  const float* tp = t.data_ptr<float>();
-  const float* mp = mean.data_ptr<float>();
-  const float* ip = invstd.data_ptr<float>();
+  const float* gp = check_matrix(ga, "ga", n, c);
+  const float* sp = check_vector(s, "s", c);
+  const float* tp = check_vector(t, "t", c);
+  const float* mp = check_vector(mean, "mean", c);
+  const float* ip = check_vector(invstd, "invstd", c);
   auto gh = at::empty_like(h);
   float* op = gh.data_ptr<float>();
 

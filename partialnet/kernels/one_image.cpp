@@ -26,9 +26,9 @@ std::vector<float> gate_of(const at::Tensor& tokens, const at::Tensor& w_mean, c
               "tokens must be a float32 CPU matrix with unit column stride");
   const int64_t n = tokens.size(0), cu = tokens.size(1), row = tokens.stride(0);
   TORCH_CHECK(n >= 2, "the SRM statistics need at least two positions");
-  check_matrix(w_mean, "w_mean", cu, cu);
-  check_matrix(w_std, "w_std", cu, cu);
-  check_vector(bias, "bias", cu);
+  const float* wm = check_matrix(w_mean, "w_mean", cu, cu);
+  const float* ws = check_matrix(w_std, "w_std", cu, cu);
+  const float* bp = check_vector(bias, "bias", cu);
   const float* tp = tokens.data_ptr<float>();
   const std::vector<double> sum = column_sums(n, cu, [&](int64_t r, float* part) {
     const float* xr = tp + r * row;
@@ -47,9 +47,6 @@ std::vector<float> gate_of(const at::Tensor& tokens, const at::Tensor& w_mean, c
   for (int64_t j = 0; j < cu; ++j) stdev[j] = static_cast<float>(std::sqrt(std::max(sq[j] / (n - 1), eps)));
   std::vector<float> gate(cu);
   float* gp = gate.data();
-  const float* wm = w_mean.data_ptr<float>();
-  const float* ws = w_std.data_ptr<float>();
-  const float* bp = bias.data_ptr<float>();
   for (int64_t j = 0; j < cu; ++j) gp[j] = bp[j];
   for (int64_t i = 0; i < cu; ++i) {  // rows of the weights: contiguous inner loop over j
     const float m = mean[i], s = stdev[i];
@@ -75,11 +72,10 @@ at::Tensor srm_gated_rows(const at::Tensor& tokens, const at::Tensor& w_mean, co
                           const at::Tensor& bias, double eps, const at::Tensor& rows) {
   const std::vector<float> g = gate_of(tokens, w_mean, w_std, bias, eps);
   const int64_t cu = static_cast<int64_t>(g.size());
-  check_matrix(rows, "rows");
+  const float* rp = check_matrix(rows, "rows");
   TORCH_CHECK(rows.size(0) == cu, "rows must have one row per untouched channel");
   const int64_t width = rows.size(1);
   auto out = at::empty_like(rows);
-  const float* rp = rows.data_ptr<float>();
   float* op = out.data_ptr<float>();
   for (int64_t i = 0; i < cu; ++i) {
     const Vec gv(g[i]);
@@ -94,13 +90,11 @@ void pat_sp_finish_(at::Tensor& y, const at::Tensor& w, const at::Tensor& shift,
   check_matrix(y, "y");
   const int64_t n = y.size(0), c = y.size(1), ca = w.numel();
   check_split(ca, c, false);
-  check_vector(w, "w", ca);
-  check_vector(shift, "shift", ca);
+  const float* wp = check_vector(w, "w", ca);
+  const float* sp = check_vector(shift, "shift", ca);
   const bool scaled = scale.numel() > 0;
   if (scaled) check_vector(scale, "scale", ca);
   float* yp = y.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  const float* sp = shift.data_ptr<float>();
   const float* kp = scaled ? scale.data_ptr<float>() : nullptr;
   at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {

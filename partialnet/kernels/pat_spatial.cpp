@@ -17,14 +17,12 @@
 
 namespace partialnet_kernels {
 std::vector<at::Tensor> pat_sp_forward_sums(const at::Tensor& t, const at::Tensor& wg) {
-  check_matrix(t, "t");
+  const float* tp = check_matrix(t, "t");
   const int64_t n = t.size(0), c = t.size(1), ca = wg.numel();
-  check_vector(wg, "wg", ca);
+  const float* wp = check_vector(wg, "wg", ca);
   check_split(ca, c, true);
   auto s = at::empty({n}, t.options());
   auto g = at::empty({n}, t.options());
-  const float* tp = t.data_ptr<float>();
-  const float* wp = wg.data_ptr<float>();
   float* sp = s.data_ptr<float>();
   float* gp = g.data_ptr<float>();
   std::vector<float> shift(c);  // row 0's values of v
@@ -68,17 +66,13 @@ std::vector<at::Tensor> pat_sp_forward_sums(const at::Tensor& t, const at::Tenso
 
 void pat_sp_attention_out(const at::Tensor& t, const at::Tensor& g, const at::Tensor& k, const at::Tensor& m,
                           at::Tensor& out) {
-  check_matrix(t, "t");
+  const float* tp = check_matrix(t, "t");
   const int64_t n = t.size(0), c = t.size(1), ca = k.numel();
   check_split(ca, c, false);
   check_matrix(out, "out", n, c);
-  check_vector(g, "g", n);
-  check_vector(k, "k", ca);
-  check_vector(m, "m", ca);
-  const float* tp = t.data_ptr<float>();
-  const float* gp = g.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* mp = m.data_ptr<float>();
+  const float* gp = check_vector(g, "g", n);
+  const float* kp = check_vector(k, "k", ca);
+  const float* mp = check_vector(m, "m", ca);
   float* op = out.data_ptr<float>();
   at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -94,14 +88,11 @@ void pat_sp_attention_out(const at::Tensor& t, const at::Tensor& g, const at::Te
 }
 
 at::Tensor pat_sp_backward_sums(const at::Tensor& grad, const at::Tensor& t, const at::Tensor& g, int64_t ca) {
-  check_matrix(t, "t");
+  const float* tp = check_matrix(t, "t");
   const int64_t n = t.size(0), c = t.size(1);
-  check_matrix(grad, "grad", n, c);
-  check_vector(g, "g", n);
+  const float* dp = check_matrix(grad, "grad", n, c);
+  const float* gp = check_vector(g, "g", n);
   check_split(ca, c, true);
-  const float* dp = grad.data_ptr<float>();
-  const float* tp = t.data_ptr<float>();
-  const float* gp = g.data_ptr<float>();
   const std::vector<double> sums = column_sums(n, 2 * c, [&](int64_t r, float* part) {
     const float* xr = tp + r * c;
     const float* dr = dp + r * c;
@@ -127,29 +118,19 @@ at::Tensor pat_sp_backward_sums(const at::Tensor& grad, const at::Tensor& t, con
 at::Tensor pat_sp_backward_rows(const at::Tensor& grad, const at::Tensor& t, const at::Tensor& s, const at::Tensor& g,
                                 const at::Tensor& wg, const at::Tensor& k, const at::Tensor& c2, const at::Tensor& c3,
                                 const at::Tensor& slope, const at::Tensor& offset, at::Tensor& dx) {
-  check_matrix(t, "t");
+  const float* tp = check_matrix(t, "t");
   const int64_t n = t.size(0), c = t.size(1), ca = wg.numel(), cc = c - ca;
   check_split(ca, c, true);
-  check_matrix(grad, "grad", n, c);
+  const float* dp = check_matrix(grad, "grad", n, c);
   check_matrix(dx, "dx", n, c);
-  check_vector(s, "s", n);
-  check_vector(g, "g", n);
-  check_vector(wg, "wg", ca);
-  check_vector(k, "k", ca);
-  check_vector(c2, "c2", ca);
-  check_vector(c3, "c3", ca);
-  check_vector(slope, "slope", cc);
-  check_vector(offset, "offset", cc);
-  const float* dp = grad.data_ptr<float>();
-  const float* tp = t.data_ptr<float>();
-  const float* sp = s.data_ptr<float>();
-  const float* gp = g.data_ptr<float>();
-  const float* wp = wg.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* c2p = c2.data_ptr<float>();
-  const float* c3p = c3.data_ptr<float>();
-  const float* slp = slope.data_ptr<float>();
-  const float* ofp = offset.data_ptr<float>();
+  const float* sp = check_vector(s, "s", n);
+  const float* gp = check_vector(g, "g", n);
+  const float* wp = check_vector(wg, "wg", ca);
+  const float* kp = check_vector(k, "k", ca);
+  const float* c2p = check_vector(c2, "c2", ca);
+  const float* c3p = check_vector(c3, "c3", ca);
+  const float* slp = check_vector(slope, "slope", cc);
+  const float* ofp = check_vector(offset, "offset", cc);
   float* xp = dx.data_ptr<float>();
   const std::vector<double> dwg = column_sums(n, ca, [&](int64_t r, float* part) {
     const float* xr = tp + r * c;

@@ -13,16 +13,19 @@ namespace partialnet_kernels {
 
 using Vec = at::vec::Vectorized<float>;
 
-inline void check_matrix(const at::Tensor& t, const char* name, int64_t rows = -1, int64_t cols = -1) {
+// Each check returns the checked tensor's data, for the inputs a kernel only reads.
+inline const float* check_matrix(const at::Tensor& t, const char* name, int64_t rows = -1, int64_t cols = -1) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.is_contiguous(), name,
               " must be a contiguous float32 CPU matrix");
   TORCH_CHECK(rows < 0 || (t.size(0) == rows && t.size(1) == cols), name, " has the wrong shape");
+  return t.data_ptr<float>();
 }
 
-inline void check_vector(const at::Tensor& t, const char* name, int64_t size) {
+inline const float* check_vector(const at::Tensor& t, const char* name, int64_t size) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.is_contiguous() &&
                   t.size(0) == size,
               name, " must be a contiguous float32 CPU vector of ", size, " values");
+  return t.data_ptr<float>();
 }
 
 // PAT_sp's attention half: columns [0, ca) of C, at least one channel (and one left when `rest`).
