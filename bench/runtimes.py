@@ -14,8 +14,9 @@ the machine's matmul / 1x1-conv rate that the best runtime reaches.
    gets in the forward, by kind of layer, with everything else counted as free.
 3. Batch-1 latency, fused, per runtime: PartialNet-T0 vs FasterNet-T0 and PartialNet-T1 vs
    FasterNet-T1, timed round-robin in this one process; wall time and process CPU time (the
-   steadier figure when other processes share the CPUs), and the verdict from the median of the
-   per-round ratios of their CPU times (each round's two forwards ran milliseconds apart).
+   steadier figure when other processes share the CPUs), each as the median of the per-round
+   ratios (each round's two forwards ran milliseconds apart); the verdict is by wall time, the
+   latency. With more than one thread, eager and onnxruntime again on one thread.
 4. What the one-image token-matrix forms of the fused modules change: eager batch-1 latency of
    PartialNet-T0 and FasterNet-T0 with those forms switched off and on, forwards interleaved.
 5. Where the time goes at batch 1 (eager, torch.profiler self CPU time by kind of op) for
@@ -103,22 +104,28 @@ def stream_runners(name: str, runtimes, size: int, streams: int, batch: int) -> 
 
 
 def batch1_table(title: str, runners: dict, runtimes, x: torch.Tensor, args) -> None:
-    """Rows of PartialNet vs FasterNet batch-1 latency per runtime, each pair timed round-robin. The
-    verdict is the median over rounds of PartialNet's process CPU time over FasterNet's in the same
-    round (the two forwards ran milliseconds apart)."""
+    """Rows of PartialNet vs FasterNet batch-1 latency per runtime, each pair timed round-robin. Both
+    ratios are medians over rounds of PartialNet's time over FasterNet's in the same round (the two
+    forwards ran milliseconds apart): wall time, which is the latency and decides the verdict, and
+    process CPU time, the steadier figure when other processes share the CPUs (it also counts the
+    work of every thread, so a model that keeps its second thread busier pays for it there)."""
     print(f"| {title} | runtime | wall ms median (min) | process CPU ms median | "
-          "CPU time ratio per round, median (10th-90th percentile) | verdict (CPU time) |")
-    print("|---|---|---|---|---|---|")
+          "wall time ratio per round, median (10th-90th percentile) | CPU time ratio per round | verdict (wall time) |")
+    print("|---|---|---|---|---|---|---|")
     for rt in runtimes:
         for ours, theirs in PAIRS:
-            r = round_robin({n: runners[(n, rt)] for n in (ours, theirs)}, x, args.warmup, max(args.runs, 20))
-            ratio = round_ratios(r[ours][1], r[theirs][1])
+            r = round_robin({n: runners[(n, rt)] for n in (ours, theirs)}, x, max(args.warmup, 10), args.latency_runs)
+            wall_ratio = round_ratios(r[ours][0], r[theirs][0])
+            cpu_ratio = round_ratios(r[ours][1], r[theirs][1])
             for n in (ours, theirs):
                 wall = r[n][0]
-                cells = (f"{ratio[0]:.3f} ({ratio[1]:.2f}-{ratio[2]:.2f})", f"{ours} {'<=' if ratio[0] <= 1 else '>'} "
-                         f"{theirs}") if n == theirs else ("", "")
+                cells = ("", "", "")
+                if n == theirs:
+                    cells = (f"{wall_ratio[0]:.3f} ({wall_ratio[1]:.2f}-{wall_ratio[2]:.2f})",
+                             f"{cpu_ratio[0]:.3f} ({cpu_ratio[1]:.2f}-{cpu_ratio[2]:.2f})",
+                             f"{ours} {'<=' if wall_ratio[0] <= 1 else '>'} {theirs}")
                 print(f"| {n} | {rt} | {1e3 * statistics.median(wall):.2f} ({1e3 * min(wall):.2f}) | "
-                      f"{1e3 * statistics.median(r[n][1]):.2f} | {cells[0]} | {cells[1]} |")
+                      f"{1e3 * statistics.median(r[n][1]):.2f} | {' | '.join(cells)} |")
 
 
 def _layer_kind(m: torch.nn.Module) -> str:
@@ -244,6 +251,71 @@ def openvino_kinds(name: str, size: int, threads: int, iters: int = 10) -> dict[
     return {k: v for k, v in kinds.items() if v > 0}
 
 
+def onnxruntime_kinds(name: str, size: int, threads: int, iters: int = 30) -> dict[str, list[float]]:
+    """onnxruntime's own profile of the fused model's ONNX export at batch 1, in the session options of
+    ``runtime=onnxruntime`` on ``threads`` threads: ``{op type: [ms per inference, nodes per inference,
+    of which nodes that handed work to the thread pool]}`` (ms include the profiler's own cost per node)."""
+    import json
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from partialnet.deploy.onnx_export import export_onnx
+    from partialnet.measure.runtimes import onnxruntime_options
+
+    fused = fuse(partialnet.create_model(name).eval())
+    kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(fused, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=False, fuse=True)
+        opts = onnxruntime_options(threads)
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(5):  # warm-up, not profiled
+            sess.run(None, feed)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(iters + 5):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    first = runs[5]["ts"]  # the first 5 runs of the profiled session are a warm-up too
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < first:
+            continue
+        row = kinds[e["args"]["op_name"]]
+        stats = e["args"].get("thread_scheduling_stats")  # a dict with a thread pool, else a string
+        pooled = isinstance(stats, dict) and bool(stats.get("main_thread", {}).get("block_size"))
+        row[0] += e["dur"] / 1e3 / iters
+        row[1] += 1 / iters
+        row[2] += pooled / iters  # the node handed blocks of its work to the pool
+    return dict(kinds)
+
+
+def onnxruntime_kinds_table(size: int, threads: int) -> None:
+    """Where onnxruntime's time goes for PartialNet-T0 and FasterNet-T0 at batch 1 (its profiler, by op type)."""
+    kinds = {n: onnxruntime_kinds(n, size, threads) for n in PAIRS[0]}
+    print(f"\nWhere the time goes at batch 1 on onnxruntime ({threads} thread(s)): ms per inference by op type "
+          "(its profiler, whose own cost per node is included), nodes per inference and, in brackets, how many of "
+          "them handed work to the thread pool (the others ran on the calling thread alone)\n")
+    print(f"| op type | {' | '.join(PAIRS[0])} |")
+    print("|---|---|---|")
+    keys = sorted({k for d in kinds.values() for k in d}, key=lambda k: -kinds[PAIRS[0][0]].get(k, [0.0])[0])
+    for k in keys:
+        cells = [f"{kinds[n][k][0]:.3f} ms, {kinds[n][k][1]:.0f} ({kinds[n][k][2]:.0f})" if k in kinds[n] else ""
+                 for n in PAIRS[0]]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    totals = []
+    for n in PAIRS[0]:
+        ms, nodes, par = (sum(v[i] for v in kinds[n].values()) for i in range(3))
+        alone = sum(v[0] * (1 - v[2] / v[1]) for v in kinds[n].values())
+        totals.append(f"{ms:.2f} ms, {nodes:.0f} ({par:.0f}); {100 * alone / ms:.0f} % of the time in nodes "
+                      "that ran on the calling thread alone")
+    print("| all nodes | " + " | ".join(totals) + " |")
+
+
 @contextlib.contextmanager
 def token_forms_off():
     """The fused modules' one-image token-matrix forms switched off (as if no input had a token
@@ -293,8 +365,11 @@ def main(argv=None) -> int:
                     help="include torch.compile (default; --no-compile skips its few minutes of compiling)")
     ap.add_argument("--token-runs", type=int, default=300,
                     help="interleaved forwards per side in the one-image token-form off/on table")
+    ap.add_argument("--latency-runs", type=int, default=100,
+                    help="rounds (one forward of each model of a pair) per runtime in the batch-1 tables")
     args = ap.parse_args(argv)
-    exit_on_bad_args(args, {"threads": 1, "runs": 1, "warmup": 0, "batch": 1, "size": 32, "token_runs": 1})
+    exit_on_bad_args(args, {"threads": 1, "runs": 1, "warmup": 0, "batch": 1, "size": 32, "token_runs": 1,
+                            "latency_runs": 1})
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -346,11 +421,14 @@ def main(argv=None) -> int:
 
     x1 = torch.randn(1, 3, args.size, args.size)
     batch1_table(f"batch-1 latency, fused, {threads} thread(s)", runners, runtimes, x1, args)
-    if threads > 1:  # the same eager comparison with one thread: how much each model gains from a second one
+    if threads > 1:  # the same comparison with one thread: how much each model gains from a second one
         torch.set_num_threads(1)
         try:
             print()
-            batch1_table("batch-1 latency, fused, 1 thread", runners, ["eager"], x1, args)
+            # onnxruntime's sessions keep the thread count they were made with: new ones, on one thread
+            one_thread = [rt for rt in ("onnxruntime",) if rt in runtimes]
+            rebuilt = build_runners([n for pair in PAIRS for n in pair], one_thread, args.size)[0]
+            batch1_table("batch-1 latency, fused, 1 thread", {**runners, **rebuilt}, ["eager", *one_thread], x1, args)
         finally:
             torch.set_num_threads(threads)
     print(f"\nWhat the one-image token-matrix forms of the fused modules "
@@ -375,6 +453,8 @@ def main(argv=None) -> int:
         for k in keys:
             print(f"| {k} | " + " | ".join(f"{ov_kinds[n].get(k, 0.0):.3f}" for n in PAIRS[0]) + " |")
         print("| total of the nodes | " + " | ".join(f"{sum(ov_kinds[n].values()):.2f}" for n in PAIRS[0]) + " |")
+    if "onnxruntime" in runtimes:
+        onnxruntime_kinds_table(args.size, threads)
     print(f"\nload average after: {load_avg()}")
     print(busy_warning(other_cpu_share(since)))
     return 0

@@ -52,3 +52,50 @@ def test_layers_get_the_tensor_of_the_real_forward():
     first, timed = seen[0], seen[1:]
     assert len(timed) == 2 and all(t is first for t in timed)
     assert not first.is_contiguous(memory_format=torch.channels_last)  # a channel slice of the map
+
+
+def test_onnxruntime_profile_counts_each_node_of_one_inference(tmp_path):
+    """bench/runtimes.py's onnxruntime table: per inference, every node of the optimised graph once (the
+    warm-up runs left out), and on one thread no node hands work to a thread pool."""
+    ort = pytest.importorskip("onnxruntime")
+    from partialnet.deploy.onnx_export import export_onnx
+    from partialnet.measure.runtimes import onnxruntime_options
+
+    kinds = runtimes.onnxruntime_kinds("partialnet_t0", 32, threads=1, iters=3)
+    torch.manual_seed(0)
+    path = export_onnx(fuse(partialnet.create_model("partialnet_t0").eval()), tmp_path / "m.onnx", input_size=32,
+                       dynamic_batch=False, fuse=True)
+    opts = onnxruntime_options(1)
+    opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "optimised.onnx")).graph
+    per_type: dict[str, int] = {}
+    for node in graph.node:
+        per_type[node.op_type] = per_type.get(node.op_type, 0) + 1
+    assert {k: round(v[1], 6) for k, v in kinds.items()} == per_type
+    assert all(v[2] == 0 for v in kinds.values()) and all(v[0] > 0 for v in kinds.values())
+
+
+def test_batch1_verdict_is_by_wall_time(monkeypatch, capsys):
+    """The batch-1 table's verdict is the latency (wall time per round), not the CPU time: a model that
+    waits (sleeps, little CPU) longer than the other computes is slower, whatever its CPU time."""
+    import argparse
+    import time
+
+    def sleeps(_x):  # 3 ms of wall time, almost no CPU time
+        time.sleep(0.003)
+
+    def computes(_x):  # about 1 ms of wall time, all of it CPU time
+        end = time.perf_counter() + 0.001
+        while time.perf_counter() < end:
+            pass
+
+    monkeypatch.setattr(runtimes, "PAIRS", (("ours", "theirs"),))
+    args = argparse.Namespace(warmup=1, latency_runs=5)
+    runtimes.batch1_table("t", {("ours", "rt"): sleeps, ("theirs", "rt"): computes}, ["rt"], None, args)
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| theirs |")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    wall_ratio, cpu_ratio, verdict = float(cells[4].split()[0]), float(cells[5].split()[0]), cells[6]
+    assert wall_ratio > 1.5 and cpu_ratio < 0.5 and verdict == "ours > theirs"

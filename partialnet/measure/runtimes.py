@@ -44,7 +44,7 @@ import torch.nn as nn
 from partialnet.errors import UserError
 from partialnet.utils.signal_stack import preserved_signal_stack
 
-__all__ = ["RUNTIMES", "make_runner", "check_runner", "Runner"]
+__all__ = ["RUNTIMES", "make_runner", "check_runner", "onnxruntime_options", "Runner"]
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
 CPU_COMPILE_OPTIONS = {"freezing": True, "cpp_wrapper": True}  # inductor's settings for CPU inference
@@ -93,9 +93,9 @@ class _StaticBatchRunner:
         return torch.from_numpy(self.graphs[n](x.detach().cpu().numpy().astype(np.float32)))
 
 
-def _onnxruntime_graph(path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """An onnxruntime session on ``threads`` intra-op threads (torch's count by default); its runs
-    may go on concurrently (onnxruntime's sessions allow that)."""
+def onnxruntime_options(threads: int | None = None):
+    """The onnxruntime session options of ``runtime=onnxruntime``: ``threads`` intra-op threads
+    (torch's count by default), all graph optimisations, idle threads that sleep."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -105,7 +105,15 @@ def _onnxruntime_graph(path: Path, threads: int | None = None) -> Callable[[np.n
     # idle intra-op threads sleep instead of spinning: on a small CPU a spinning thread takes the
     # core the next node needs (bench/runtimes.py, batch 1, 2 threads on 2 cores)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return opts
+
+
+def _onnxruntime_graph(path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An onnxruntime session on ``threads`` intra-op threads (torch's count by default); its runs
+    may go on concurrently (onnxruntime's sessions allow that)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), onnxruntime_options(threads), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
 
