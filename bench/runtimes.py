@@ -251,10 +251,12 @@ def openvino_kinds(name: str, size: int, threads: int, iters: int = 10) -> dict[
     return {k: v for k, v in kinds.items() if v > 0}
 
 
-def onnxruntime_kinds(name: str, size: int, threads: int, iters: int = 30) -> dict[str, list[float]]:
+def onnxruntime_kinds(name: str, size: int, threads: int, iters: int = 30,
+                      save_optimised: Path | None = None) -> dict[str, list[float]]:
     """onnxruntime's own profile of the fused model's ONNX export at batch 1, in the session options of
     ``runtime=onnxruntime`` on ``threads`` threads: ``{op type: [ms per inference, nodes per inference,
-    of which nodes that handed work to the thread pool]}`` (ms include the profiler's own cost per node)."""
+    of which nodes that handed work to the thread pool]}`` (ms include the profiler's own cost per node).
+    ``save_optimised``: where to write the graph onnxruntime ran (after its optimisations)."""
     import json
     import tempfile
 
@@ -276,6 +278,8 @@ def onnxruntime_kinds(name: str, size: int, threads: int, iters: int = 30) -> di
             sess.run(None, feed)
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "profile")
+        if save_optimised is not None:
+            opts.optimized_model_filepath = str(save_optimised)
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         for _ in range(iters + 5):
             sess.run(None, feed)
