@@ -271,21 +271,18 @@ def onnxruntime_kinds(name: str, size: int, threads: int, iters: int = 30,
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(fused, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=False, fuse=True)
         opts = onnxruntime_options(threads)
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
-        feed = {sess.get_inputs()[0].name: x}
-        for _ in range(5):  # warm-up, not profiled
-            sess.run(None, feed)
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "profile")
         if save_optimised is not None:
             opts.optimized_model_filepath = str(save_optimised)
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, size, size),
+                                                                                 dtype=np.float32)}
         for _ in range(iters + 5):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    first = runs[5]["ts"]  # the first 5 runs of the profiled session are a warm-up too
+    first = runs[5]["ts"]  # the first 5 runs are a warm-up
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < first:
             continue
