@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from partialnet.errors import UserError
-from partialnet.training.checkpoint_io import atomic_torch_save, load_checkpoint_file
+from partialnet.training.checkpoint_file import atomic_torch_save, load_checkpoint_file
 from partialnet.training.multiscale import max_resolution, resolution_at, validate_schedule
 from partialnet.training.optim import WarmupCosine, build_optimizer, build_scheduler, scaled_lr
 

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
 
     from partialnet.deploy.onnx_export import DEFAULT_OPSET, export_onnx, onnx_max_abs_diff
     from partialnet.errors import UserError
-    from partialnet.training.checkpoint_io import load_checkpoint_file
+    from partialnet.training.checkpoint_file import load_checkpoint_file
     from partialnet.training.checkpoint_model import model_from_checkpoint
 
     args = _parse(argv)

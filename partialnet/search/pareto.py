@@ -41,7 +41,7 @@ def collect(folders: list[str | Path], latency: bool = False, threads: int = 1) 
 
     from partialnet.measure import count
     from partialnet.models.registry import create_model
-    from partialnet.training.checkpoint_io import load_checkpoint_file
+    from partialnet.training.checkpoint_file import load_checkpoint_file
 
     ckpts = []
     for folder in folders:

@@ -12,7 +12,7 @@ import torch
 
 from partialnet.errors import UserError
 from partialnet.models.registry import create_model
-from partialnet.training.checkpoint_io import load_checkpoint_file
+from partialnet.training.checkpoint_file import load_checkpoint_file
 
 __all__ = ["WEIGHTS", "load_checkpoint", "model_from_checkpoint", "select_weights"]
 

@@ -352,7 +352,7 @@ class ClassificationModule(pl.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
         """Lightning's ``load_from_checkpoint``; a checkpoint written before the module recorded
         its hyper-parameters is rebuilt from the model spec and config it carries."""
-        from partialnet.training.checkpoint_io import load_checkpoint_file
+        from partialnet.training.checkpoint_file import load_checkpoint_file
 
         ckpt = load_checkpoint_file(checkpoint_path)
         if "model" not in (ckpt.get("hyper_parameters") or {}) and "model" not in kwargs:

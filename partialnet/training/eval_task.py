@@ -25,7 +25,7 @@ from partialnet.measure.runtimes import RUNTIMES, check_runner, make_runner
 from partialnet.measure.speed import time_forward, time_runner
 from partialnet.models.registry import create_model
 from partialnet.training.builders import build_datamodule
-from partialnet.training.checkpoint_io import load_checkpoint_file
+from partialnet.training.checkpoint_file import load_checkpoint_file
 from partialnet.training.checkpoint_model import model_from_checkpoint
 from partialnet.utils.atomic import atomic_write_text
 
