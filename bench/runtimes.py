@@ -18,7 +18,8 @@ the machine's matmul / 1x1-conv rate that the best runtime reaches.
    ratios (each round's two forwards ran milliseconds apart); the verdict is by wall time, the
    latency. With more than one thread, eager and onnxruntime again on one thread.
 4. What the one-image token-matrix forms of the fused modules change: eager batch-1 latency of
-   PartialNet-T0 and FasterNet-T0 with those forms switched off and on, forwards interleaved.
+   PartialNet-T0 and FasterNet-T0 with those forms switched off and on, forwards interleaved; and
+   what runtime=compile's CPU inference options change against plain ``torch.compile``.
 5. Where the time goes at batch 1 (eager, torch.profiler self CPU time by kind of op) for
    fused PartialNet-T0 and FasterNet-T0.
 
@@ -317,6 +318,35 @@ def onnxruntime_kinds_table(size: int, threads: int) -> None:
     print("| all nodes | " + " | ".join(totals) + " |")
 
 
+def compile_options_table(names, size: int, runs: int) -> None:
+    """What runtime=compile's CPU inference options (``CPU_COMPILE_OPTIONS``: frozen weights, C++
+    wrapper) change against plain ``torch.compile``: batch-1 latency of each fused model compiled
+    both ways (separate copies), outputs checked, forwards interleaved."""
+    from partialnet.measure.runtimes import CPU_COMPILE_OPTIONS
+
+    print(f"| one image, fused | plain torch.compile: wall ms median | with {CPU_COMPILE_OPTIONS}: wall ms median | "
+          "speed-up per round, wall (10th-90th percentile) | speed-up per round, CPU time |")
+    print("|---|---|---|---|---|")
+    x = torch.randn(1, 3, size, size)
+    for name in names:
+        torch.manual_seed(0)
+        model = partialnet.create_model(name).eval()
+        plain = torch.compile(fuse(model))
+
+        def plain_run(t, plain=plain):
+            with torch.inference_mode():
+                return plain(t)
+
+        runners = {"plain": plain_run, "options": make_runner("compile", fuse(model), size)}
+        for label, runner in runners.items():
+            check_runner(runner, model, x, f"compile ({label})")
+        r = round_robin(runners, x, 10, runs)
+        wall, cpu = round_ratios(r["plain"][0], r["options"][0]), round_ratios(r["plain"][1], r["options"][1])
+        print(f"| {name} | {1e3 * statistics.median(r['plain'][0]):.2f} | {1e3 * statistics.median(r['options'][0]):.2f} | "
+              f"{wall[0]:.3f}x ({wall[1]:.2f}-{wall[2]:.2f}) | {cpu[0]:.3f}x ({cpu[1]:.2f}-{cpu[2]:.2f}) |")
+    torch._dynamo.reset()
+
+
 @contextlib.contextmanager
 def token_forms_off():
     """The fused modules' one-image token-matrix forms switched off (as if no input had a token
@@ -437,6 +467,10 @@ def main(argv=None) -> int:
           f"forwards per side:\n")
     token_forms_table(PAIRS[0], args.size, args.token_runs)
     print()
+    if "compile" in runtimes:
+        print(f"What runtime=compile's CPU inference options change, {threads} thread(s), {args.latency_runs} rounds:\n")
+        compile_options_table(PAIRS[0], args.size, args.latency_runs)
+        print()
     kinds = {n: profile_kinds(n, args.size) for n in PAIRS[0]}
     print(f"Where the time goes at batch 1, fused, eager, {threads} thread(s): self CPU ms per forward by kind of op\n")
     print(f"| kind of op | {' | '.join(PAIRS[0])} |")

@@ -13,7 +13,7 @@ import partialnet
 from partialnet.deploy import fuse, fusion, set_forward_type
 from partialnet.deploy.fusion import FusedMlp
 from partialnet.measure.runtimes import check_runner, make_runner
-from partialnet.models.layers import pointwise_conv
+from partialnet.models.layers import PointwiseConv2d
 from partialnet.utils.graph_capture import is_capturing_graph, is_torch_compiling
 from test_deploy import build
 
@@ -87,7 +87,6 @@ def test_compile_forms_match_the_model(monkeypatch, zero_bn_scale):
     fused = set_forward_type(fuse(model), "split_cat")  # the out-of-place forms a capture traces
     assert any(m.attn_scale is not None for m in fused.modules() if isinstance(m, FusedMlp)) == zero_bn_scale
     monkeypatch.setattr(fusion, "is_torch_compiling", lambda: True)
-    monkeypatch.setattr(pointwise_conv, "is_torch_compiling", lambda: True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (fused(x) - model(x)).abs().max().item() <= TOL
@@ -114,7 +113,7 @@ def test_torch_compile_traces_the_inductor_forms(name):
 
 def test_export_keeps_the_plain_forms():
     """torch.export (and so an exporter) sees the export forms: the full-width PAT_ch and PAT_sp's
-    gate as a one-output-channel conv, and 1x1 convs as convs."""
+    gate as a one-output-channel conv, and every PointwiseConv2d as a conv (not its GEMM form)."""
     fused = fuse(build("partialnet_t0", seed=1))
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -123,7 +122,9 @@ def test_export_keeps_the_plain_forms():
     for node in gm.graph.nodes:
         if node.op == "call_function" and "conv2d" in str(node.target):
             weights.append(tuple(node.args[1].meta["val"].shape))
-    assert any(w[0] == 1 for w in weights) and any(w[2:] == (1, 1) and w[0] > 1 for w in weights), weights
+    pointwise = sum(isinstance(m, PointwiseConv2d) for m in fused.modules())
+    assert any(w[0] == 1 for w in weights), weights
+    assert sum(w[2:] == (1, 1) and w[0] > 1 for w in weights) == pointwise, weights
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ from partialnet.errors import UserError
 from partialnet.kernels import cpu_kernels
 from partialnet.models.backbone import Mlp, PartialBlock, PartialChannelNet
 from partialnet.models.layers import (PartialConv, PATChannel, PATSelf, PATSpatial, PointwiseConv2d,
-                                      dense_activation, euclidean_bucket_index, is_pointwise)
+                                      dense_activation, euclidean_bucket_index, is_pointwise, writes_in_place)
 from partialnet.models.layers.srm_stats import averaging_rows, srm_statistics, token_mean_std
 from partialnet.models.layers.token_view import token_map, token_matrix
 from partialnet.utils.graph_capture import is_capturing_graph, is_exporting_graph, is_torch_compiling
@@ -158,13 +158,6 @@ def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return _new_conv(conv, w * s.view(-1, 1, 1, 1), b * s + t)
 
 
-def _writes_in_place(forward_type: str) -> bool:
-    """Whether a fused module writes into its own intermediates: the ``'slicing'`` form, eager and
-    without autograd. Under a graph capture (``torch.compile``) the out-of-place form is traced: a
-    compiler plans its own buffers, and writes into strided ``out=`` slices break its graph."""
-    return forward_type == "slicing" and not torch.is_grad_enabled() and not is_capturing_graph()
-
-
 def _derived(module: nn.Module, cache: str, key: tuple, source: torch.Tensor, compute: Callable[[], Any]) -> Any:
     """``compute()`` (run without autograd), a value derived from ``source`` (a weight), kept in
     ``module.<cache>`` for one ``key`` and one version of ``source``: new weights, or weights changed
@@ -247,7 +240,7 @@ class FusedPATChannel(nn.Module):
         return F.hardsigmoid(self.srm(torch.cat((mean, std), dim=1)), inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _writes_in_place(self.forward_type):
+        if writes_in_place(self.forward_type):
             if x.shape[-2] * x.shape[-1] > 1 and (tokens := token_matrix(x)) is not None:
                 return self._forward_tokens(x, tokens)
             x_p, x_u = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
@@ -505,7 +498,7 @@ class FusedMlp(nn.Module):
             torch.addcmul(shift, y_a, self.attn_scale.view(per_channel), out=y_a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inplace = _writes_in_place(self.forward_type)
+        inplace = writes_in_place(self.forward_type)
         if inplace and self.pointwise and (tokens := token_matrix(x)) is not None:
             return self._forward_tokens(x, tokens)
         y = self.fc2(dense_activation(self.act, self.fc1(x), inplace))
@@ -585,7 +578,7 @@ class FusedBlock(nn.Module):
         self.forward_type = forward_type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _writes_in_place(self.forward_type):
+        if writes_in_place(self.forward_type):
             if self.mixer_residual:
                 x = self.mixer(x).add_(x)
                 return self.mlp(x).add_(x)

@@ -17,7 +17,7 @@ import torch.nn as nn
 from partialnet.errors import UserError
 from partialnet.utils.graph_capture import is_capturing_graph
 
-__all__ = ["conv_channels", "PartialSplit", "PartialConv"]
+__all__ = ["conv_channels", "writes_in_place", "PartialSplit", "PartialConv"]
 
 
 def conv_channels(dim: int, ratio: float) -> int:
@@ -39,6 +39,14 @@ def conv_channels(dim: int, ratio: float) -> int:
             f"pick a ratio in [{1 / dim:.4g}, {(dim - 1) / dim:.4g}]"
         )
     return c_p
+
+
+def writes_in_place(forward_type: str) -> bool:
+    """Whether a module in the ``'slicing'`` form may write into its tensors in place: only eagerly
+    and without autograd (the in-place write would break the backward). Under a graph capture the
+    out-of-place form is traced: a compiler plans its own buffers, and inductor's weight freezing
+    for ``torch.compile`` fails on a slice write that feeds a conv."""
+    return forward_type == "slicing" and not torch.is_grad_enabled() and not is_capturing_graph()
 
 
 class PartialSplit(nn.Module):
@@ -69,9 +77,8 @@ class PartialConv(PartialSplit):
     ``forward_type='split_cat'`` (training, export) splits, convolves and concatenates;
     ``'slicing'`` (inference) clones the input and overwrites its first c_p channels, so
     the caller's tensor (the block's shortcut) is never modified. Both give equal outputs.
-    The in-place write would break the conv's backward, so while autograd is on
-    (``torch.is_grad_enabled()``) the slicing form runs as split_cat; so it does under a graph
-    capture (``torch.compile`` with frozen weights fails on a slice write that feeds a conv).
+    The slicing form runs only where :func:`writes_in_place` allows it (eager, no autograd), else
+    as split_cat.
     """
 
     def __init__(self, dim: int, ratio: float = 0.25, forward_type: str = "split_cat"):
@@ -90,7 +97,7 @@ class PartialConv(PartialSplit):
         self._forward_type = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._forward_type == "slicing" and not torch.is_grad_enabled() and not is_capturing_graph():
+        if writes_in_place(self._forward_type):
             x = x.clone()  # keep the caller's tensor (the residual shortcut) intact
             x[:, : self.dim_conv] = self.conv(x[:, : self.dim_conv])
             return x

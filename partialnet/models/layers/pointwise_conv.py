@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from partialnet.utils.graph_capture import is_capturing_graph, is_torch_compiling
+from partialnet.utils.graph_capture import is_exporting_graph
 
 __all__ = ["PointwiseConv2d", "is_pointwise"]
 
@@ -45,7 +45,7 @@ def _takes_gemm(x: torch.Tensor) -> bool:
         return False
     if x.shape[2] * x.shape[3] > SMALL_MAP and (x.shape[0] != 1 or torch.is_grad_enabled()):
         return False
-    return not is_capturing_graph() or is_torch_compiling()
+    return not is_exporting_graph()  # eager mode and torch.compile, not an exported graph
 
 
 class PointwiseConv2d(nn.Conv2d):
