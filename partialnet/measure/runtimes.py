@@ -9,9 +9,9 @@ compares a runner's outputs with the model's own eval outputs and raises a one-l
 - ``compile``: ``torch.compile(fused)`` (inductor; the first call per input shape compiles). On
   the CPU with inductor's inference options: frozen weights (constants folded, convs and linears
   on prepacked oneDNN/MKL weights) and a C++ wrapper around the kernels (no Python call per
-  kernel). Fused PartialNet-T0 and FasterNet-T0 at batch 1, 2 threads: 1.05x and 1.06x faster
-  than plain ``torch.compile`` (per-round CPU time, one process); compiling takes longer, about
-  25 s per model and input shape on 2 cores instead of 10.
+  kernel). Fused PartialNet-T0 and FasterNet-T0 at batch 1, 2 threads: 1.25x and 1.24x faster
+  than plain ``torch.compile`` (per-round wall time, ``bench/runtimes.py``); compiling takes longer,
+  about 25 s per model and input shape on 2 cores instead of 10.
 - ``onnxruntime``: the split-cat ONNX export (:func:`partialnet.deploy.export_onnx`) in an
   onnxruntime CPU session with all graph optimisations and non-spinning intra-op threads, one
   fixed-batch graph per batch size
