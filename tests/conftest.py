@@ -25,6 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 # Small, fast settings for end-to-end runs on synthetic data.
+# One block per stage: every block kind (PAT_ch, PAT_sp, PAT_sf) at about a third of the full
+# model's time per step. Tests of the registered model's own layer count use full_depth(...).
+FAST_DEPTHS = "++model.kwargs.depths=[1,1,1,1]"
 FAST_TRAIN = [
     "data=synthetic",
     "data.image_size=32",
@@ -38,7 +41,13 @@ FAST_TRAIN = [
     "trainer.num_sanity_val_steps=0",
     "trainer.enable_progress_bar=false",
     "callbacks.progress_bar=null",
+    FAST_DEPTHS,
 ]
+
+
+def full_depth(args: list[str]) -> list[str]:
+    """``args`` without :data:`FAST_DEPTHS`: the registered model with its own depths."""
+    return [a for a in args if a != FAST_DEPTHS]
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ def test_finetune_a_1000_class_file_on_10_class_data(tmp_path):
     from partialnet.models import create_model
     from partialnet.training.init_from import _classifier_keys
 
-    src = create_model("partialnet_t0", num_classes=1000)
+    src = create_model("partialnet_t0", num_classes=1000, depths=(1, 1, 1, 1))  # FAST_TRAIN's depths
     torch.save({"model": src.state_dict()}, tmp_path / "converted.pth")
     run = _train(tmp_path / "run", f"model.init_from={tmp_path / 'converted.pth'}", "trainer.limit_train_batches=1",
                  "trainer.limit_val_batches=1")

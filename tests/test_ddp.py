@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import FAST_TRAIN, REPO
+from conftest import FAST_TRAIN, REPO, full_depth
 
 
 def _torchrun(args, nproc, env_extra=None):
@@ -32,7 +32,8 @@ def _val(run_dir):
 
 @pytest.mark.slow  # three interpreters and a torchrun agent (~30 s); make test-all runs every DDP test
 def test_ddp_two_cpu_processes_match_single_process(tmp_path):
-    common = [a for a in FAST_TRAIN if not a.startswith(("logger=", "trainer.accelerator"))] + [
+    # the full model: near chance, one block per stage flips more argmax ties between the two runs
+    common = [a for a in full_depth(FAST_TRAIN) if not a.startswith(("logger=", "trainer.accelerator"))] + [
         "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.sync_batchnorm=true",
         "logger=default", f"paths.log_dir={tmp_path}", "optim=sgd", "optim.base_lr=1.0", "trainer.max_epochs=1", "model=fasternet_t0",
     ]

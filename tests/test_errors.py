@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST_TRAIN, assert_user_error, run_cli, run_task
+from conftest import FAST_TRAIN, assert_user_error, full_depth, run_cli, run_task
 from partialnet.errors import UserError
 
 NO_DATA = [a for a in FAST_TRAIN if not a.startswith("data")]
@@ -68,7 +68,7 @@ CASES = {
                            ["Could not find 'experiment/partialnet_xl'; available:", "partialnet_t0", "fasternet_t0"]),
     "unknown config key": (["trainer.max_epochz=3"], ["Could not override 'trainer.max_epochz'"]),
     "mlp_ratios of the wrong length": (["model.mlp_ratios=[2,2]"],
-                                       ["the mlp_ratios list has 2 mlp_ratios but partialnet_t0 has 13 searchable layers"]),
+                                       ["the mlp_ratios list has 2 mlp_ratios but partialnet_t0 has 4 searchable layers (depths (1, 1, 1, 1))"]),
     "unknown model option": (["+model.drop_path=0.1"], ["model.drop_path is not a model option",
                                                          "model.kwargs.drop_path=..."]),
     "unknown constructor argument": (["+model.kwargs.drop_path=0.1"], ["model 'partialnet_t0' does not take 'drop_path'",
@@ -163,7 +163,7 @@ def test_ratios_file_for_another_model(tmp_path):
 
 def test_ratios_file_with_wrong_length(tmp_path):
     f = _ratios(tmp_path, "model: partialnet_t0\nratios: [0.25, 0.5]\n")
-    cli_error("train.py", [*FAST_TRAIN, f"model.ratios={f}"],
+    cli_error("train.py", [*full_depth(FAST_TRAIN), f"model.ratios={f}"],
               ["has 2 ratios but partialnet_t0 has 13 searchable layers (depths (1, 2, 8, 2)); give one per block"],
               inputs=f, out=tmp_path / "o")
 
@@ -172,9 +172,9 @@ def test_ratios_file_searched_with_other_constructor_arguments(tmp_path):
     f = _ratios(tmp_path, "model: partialnet_t0\nmodel_kwargs: {num_classes: 10}\nratios: ["
                 + ", ".join(["0.25"] * 13) + "]\n")
     # searched with the default (ImageNet) stem; this 32x32 run would build the small-input stem
-    cli_error("train.py", [*FAST_TRAIN, f"model.ratios={f}", "model.small_input=true"],
+    cli_error("train.py", [*full_depth(FAST_TRAIN), f"model.ratios={f}", "model.small_input=true"],
               ["small_input=False", "model.small_input=false"], inputs=f, out=tmp_path / "o")
-    run = run_task("train", [*FAST_TRAIN, f"model.ratios={f}", "model.small_input=false",
+    run = run_task("train", [*full_depth(FAST_TRAIN), f"model.ratios={f}", "model.small_input=false",
                              "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"], tmp_path / "ok")
     assert "val/acc1" in run.result and (tmp_path / "ok" / "checkpoints" / "last.ckpt").is_file()
 

@@ -75,6 +75,21 @@ def test_input_size_forms_and_model_untouched():
         count(conv1, (1, 2, 3, 4))
 
 
+def test_params_only_count_traces_nothing(monkeypatch):
+    """``macs=False`` (what a params cost table asks for) gives the same parameter count without
+    fvcore's trace, the costly part of a count."""
+    model = partialnet.create_model("partialnet_t0", num_classes=10)
+    full = count(model, 32)
+
+    def no_trace(*args, **kwargs):
+        raise AssertionError("traced")
+
+    monkeypatch.setattr("fvcore.nn.FlopCountAnalysis", no_trace)
+    assert count(model, 32, macs=False) == {"params": full["params"]}
+    with pytest.raises(AssertionError, match="traced"):
+        count(model, 32)
+
+
 def test_count_no_warnings(recwarn, caplog):
     count(partialnet.create_model("partialnet_t0"), 64)
     assert not [w for w in recwarn if "fvcore" in str(w.filename) or "Unsupported" in str(w.message)]

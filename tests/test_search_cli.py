@@ -9,7 +9,7 @@ import torch
 import yaml
 
 import partialnet
-from conftest import FAST_TRAIN, run_cli
+from conftest import FAST_DEPTHS, FAST_TRAIN, full_depth, run_cli
 from partialnet.measure import count
 
 
@@ -30,6 +30,7 @@ FAST_SEARCH = [
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
     "callbacks.progress_bar=null",
+    FAST_DEPTHS,
 ]
 
 
@@ -49,7 +50,7 @@ def test_search_sweep_then_retrain_rebuilds_each_file(tmp_path):
     band (``search/projection_used``). That the search itself meets a budget is tested on the real
     loop in ``test_search_loop.py``."""
     # one search epoch each, no warm-up (plumbing: the logits move from the first step on)
-    one_epoch = [a for a in FAST_SEARCH if not a.startswith(("trainer.max_epochs=", "search.warmup_epochs="))]
+    one_epoch = [a for a in full_depth(FAST_SEARCH) if not a.startswith(("trainer.max_epochs=", "search.warmup_epochs="))]
     proc = run_cli("search_dpconv.py", ["-m", *one_epoch, "trainer.max_epochs=1", "search.warmup_epochs=0",
                                         "search.flops_ratio=0.95,1.15", f"paths.log_dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -74,7 +75,7 @@ def test_search_sweep_then_retrain_rebuilds_each_file(tmp_path):
     assert _ratio_file(runs[0])["config_hash"] != _ratio_file(runs[1])["config_hash"]
 
     sweep = ",".join(f"'{f}'" for f in files)
-    proc = run_cli("train.py", ["-m", *FAST_TRAIN, "model.small_input=true", f"model.ratios={sweep}",
+    proc = run_cli("train.py", ["-m", *full_depth(FAST_TRAIN), "model.small_input=true", f"model.ratios={sweep}",
                                 f"paths.log_dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = sorted(p.parent.parent for p in tmp_path.glob("train/multiruns/*/*/checkpoints/last.ckpt"))

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import partialnet
-from conftest import REPO, assert_user_error, run_cli
+from conftest import REPO, assert_user_error, full_depth, run_cli
 from partialnet.errors import UserError
 from partialnet.measure.count import count
 from partialnet.search.constraint import check_reachable, resolve_target
@@ -33,17 +33,23 @@ def _model_and_specs(name="partialnet_t0", candidates=DEFAULT_CANDIDATES):
 
 
 @pytest.mark.parametrize("name", ["partialnet_t0", "fasternet_t0"])
-def test_params_table_equals_count_of_static_models(name):
+def test_params_table_equals_count_of_static_models(name, monkeypatch):
+    reference = count(partialnet.create_model(name, **KW), SIZE)["params"]
     model, specs = _model_and_specs(name)
+
+    def no_trace(*args, **kwargs):
+        raise AssertionError("a params table traced a model for its MACs")
+
+    monkeypatch.setattr("fvcore.nn.FlopCountAnalysis", no_trace)  # parameters need no trace
     cost = build_cost_table(model, specs, SIZE, metric="params")
     assert cost.metric == "params" and cost.exact
-    assert cost.reference == count(partialnet.create_model(name, **KW), SIZE)["params"]
+    assert cost.reference == reference
     rng = random.Random(0)
     options = [[c for c, k in enumerate(s.ks) if k is not None] for s in specs]
     choices = [[o[0] for o in options], [o[-1] for o in options]] + [[rng.choice(o) for o in options] for _ in range(3)]
     for choice in choices:
         ratios = [s.candidates[c] for s, c in zip(specs, choice)]
-        counted = count(partialnet.create_model(name, ratios=ratios, **KW), SIZE)["params"]
+        counted = count(partialnet.create_model(name, ratios=ratios, **KW), SIZE, macs=False)["params"]
         assert cost.value_of(choice) == counted, choice
     # the generic table keeps the MAC table's names working
     assert cost.min_macs == cost.min_value and cost.macs_of(choices[0]) == cost.value_of(choices[0])
@@ -158,11 +164,11 @@ def test_latency_cli_refuses_a_table_for_another_model_and_an_out_of_range_budge
     _, _, table = small_table
     other = LatencyTable(**{**table.__dict__, "model": "fasternet_t0"})
     path = other.save(tmp_path / "other.json")
-    proc = run_cli("search_dpconv.py", [*FAST_SEARCH, "search.constraint=latency", f"search.latency_table={path}",
+    proc = run_cli("search_dpconv.py", [*full_depth(FAST_SEARCH), "search.constraint=latency", f"search.latency_table={path}",
                                         "search.latency_ratio=1.0", f"hydra.run.dir={tmp_path}/s"])
     assert_user_error(proc, "other.json", "'fasternet_t0'", "'partialnet_t0'")
     good = table.save(tmp_path / "good.json")
-    proc = run_cli("search_dpconv.py", [*FAST_SEARCH, "search.constraint=latency", f"search.latency_table={good}",
+    proc = run_cli("search_dpconv.py", [*full_depth(FAST_SEARCH), "search.constraint=latency", f"search.latency_table={good}",
                                         "search.latency_target_ms=1000", f"hydra.run.dir={tmp_path}/s2"])
     assert_user_error(proc, "latency_target_ms=1000", "not feasible", "ms")
     assert not list(tmp_path.rglob("*.ckpt"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import FAST_TRAIN, assert_user_error, run_cli
+from conftest import FAST_TRAIN, assert_user_error, full_depth, run_cli
 from test_search_cli import FAST_SEARCH
 
 
@@ -26,7 +26,7 @@ def test_infeasible_target_fails_before_training(tmp_path):
 def test_ratios_file_that_does_not_fit_is_one_line(tmp_path, content, needles):
     bad = tmp_path / "ratios.yaml"
     bad.write_text(yaml.safe_dump(content))
-    proc = run_cli("train.py", [*FAST_TRAIN, f"model.ratios={bad}", f"hydra.run.dir={tmp_path}/t"])
+    proc = run_cli("train.py", [*full_depth(FAST_TRAIN), f"model.ratios={bad}", f"hydra.run.dir={tmp_path}/t"])
     assert_user_error(proc, *needles)
     assert not list(tmp_path.rglob("*.ckpt"))
 

@@ -29,15 +29,18 @@ def _input_shape(input_size: int | Sequence[int]) -> tuple[int, int, int]:
     raise UserError(f"input_size {input_size!r} is not H (int), (H, W) or (C, H, W)")
 
 
-def count(model: nn.Module, input_size: int | Sequence[int] = 224) -> dict:
+def count(model: nn.Module, input_size: int | Sequence[int] = 224, macs: bool = True) -> dict:
     """``{'params': int, 'macs': int}`` of ``model`` for one image of ``input_size``.
 
     ``input_size`` is H (square, 3 channels), (H, W) or (C, H, W). A copy of the model is
     traced in eval mode on CPU; ``model`` itself is not touched. fvcore's warnings about ops it
-    does not count (elementwise ops, softmax, std, ...) are silenced.
+    does not count (elementwise ops, softmax, std, ...) are silenced. ``macs=False`` returns
+    ``{'params': int}`` alone, without the trace (most of the time of a count).
     """
     shape = _input_shape(input_size)
     params = sum(p.numel() for p in model.parameters())
+    if not macs:
+        return {"params": int(params)}
     clone = copy.deepcopy(model).cpu().eval()
     x = torch.zeros(1, *shape)
     with warnings.catch_warnings(), torch.no_grad():

@@ -177,10 +177,11 @@ def split_key(spec: LayerSpec, ratio: float, shape: tuple) -> tuple:
     return (spec.kind, spec.dim, float(ratio), tuple(shape), tuple(sorted(spec.extra.items())))
 
 
-def _split_counts(spec: LayerSpec, ratio: float, shape: tuple, cache: dict) -> dict:
+def _split_counts(spec: LayerSpec, ratio: float, shape: tuple, cache: dict, metric: str) -> dict:
+    """The split's counts, with ``metric`` among them (a params table traces nothing: see :func:`count`)."""
     key = split_key(spec, ratio, shape)
-    if key not in cache:
-        cache[key] = count(static_split(spec, ratio), shape)
+    if metric not in cache.get(key, {}):
+        cache[key] = count(static_split(spec, ratio), shape, macs=metric == "macs")
     return cache[key]
 
 
@@ -201,14 +202,14 @@ def build_cost_table(
     cache = {} if cache is None else cache
 
     def cost_of(spec: LayerSpec, ratio: float, s: tuple) -> int:
-        return _split_counts(spec, ratio, s, cache)[metric]
+        return _split_counts(spec, ratio, s, cache, metric)[metric]
 
     splits = list(model.searchable_splits())
     if len(splits) != len(specs):
         raise ValueError(f"the model has {len(splits)} searchable splits, {len(specs)} specs given")
     shape = _input_shape(input_size)
     shapes = split_input_shapes(model, shape)
-    total = count(model, shape)[metric]
+    total = count(model, shape, macs=metric == "macs")[metric]
     own = 0
     table: list[list[int | None]] = []
     reference = 0
