@@ -254,8 +254,8 @@ def openvino_kinds(name: str, size: int, threads: int, iters: int = 10) -> dict[
 
 def onnxruntime_kinds(name: str, size: int, threads: int, iters: int = 30,
                       save_optimised: Path | None = None) -> dict[str, list[float]]:
-    """onnxruntime's own profile of the fused model's ONNX export at batch 1, in the session options of
-    ``runtime=onnxruntime`` on ``threads`` threads: ``{op type: [ms per inference, nodes per inference,
+    """onnxruntime's own profile of the fused model's ONNX export at batch 1, in the graph form and session
+    options of ``runtime=onnxruntime`` on ``threads`` threads: ``{op type: [ms per inference, nodes per inference,
     of which nodes that handed work to the thread pool]}`` (ms include the profiler's own cost per node).
     ``save_optimised``: where to write the graph onnxruntime ran (after its optimisations)."""
     import json
@@ -265,12 +265,13 @@ def onnxruntime_kinds(name: str, size: int, threads: int, iters: int = 30,
     import onnxruntime as ort
 
     from partialnet.deploy.onnx_export import export_onnx
-    from partialnet.measure.runtimes import onnxruntime_options
+    from partialnet.measure.runtimes import ONNXRUNTIME_FORM, onnxruntime_options
 
     fused = fuse(partialnet.create_model(name).eval())
     kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(fused, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=False, fuse=True)
+        path = export_onnx(fused, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=False, fuse=True,
+                           export_form=ONNXRUNTIME_FORM)
         opts = onnxruntime_options(threads)
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "profile")
@@ -316,6 +317,44 @@ def onnxruntime_kinds_table(size: int, threads: int) -> None:
         totals.append(f"{ms:.2f} ms, {nodes:.0f} ({par:.0f}); {100 * alone / ms:.0f} % of the time in nodes "
                       "that ran on the calling thread alone")
     print("| all nodes | " + " | ".join(totals) + " |")
+
+
+def export_forms_table(name: str, size: int, threads: int, runs: int) -> None:
+    """onnxruntime's batch-1 latency of ``name``'s fused graph in each export form
+    (:func:`partialnet.deploy.set_export_form`), one session each in ``runtime=onnxruntime``'s options,
+    outputs checked, runs interleaved; the speed-up of each form over ``'full_width'`` per round."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from partialnet.deploy.fusion import EXPORT_FORMS
+    from partialnet.deploy.onnx_export import export_onnx
+    from partialnet.measure.runtimes import onnxruntime_options
+
+    torch.manual_seed(0)
+    model = partialnet.create_model(name).eval()
+    x = torch.randn(1, 3, size, size)
+    runners = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for form in EXPORT_FORMS:
+            path = export_onnx(model, Path(tmp) / f"{form}.onnx", input_size=size, dynamic_batch=False,
+                               export_form=form)
+            sess = ort.InferenceSession(str(path), onnxruntime_options(threads), providers=["CPUExecutionProvider"])
+
+            def run(t, sess=sess):
+                return torch.from_numpy(sess.run(None, {"input": t.numpy()})[0])
+
+            check_runner(run, model, x, f"onnxruntime ({form} graph)")
+            runners[form] = run
+    r = round_robin(runners, x, 10, runs)
+    base = EXPORT_FORMS[0]
+    print(f"| {name}, batch 1, onnxruntime | export form | wall ms median | speed-up over {base!r} per round, "
+          "wall (10th-90th percentile) |")
+    print("|---|---|---|---|")
+    for form in EXPORT_FORMS:
+        wall = round_ratios(r[base][0], r[form][0])
+        print(f"| | {form}{' (runtime=onnxruntime)' if form == 'split' else ''} | "
+              f"{1e3 * statistics.median(r[form][0]):.2f} | {wall[0]:.3f}x ({wall[1]:.2f}-{wall[2]:.2f}) |")
 
 
 def compile_options_table(names, size: int, runs: int) -> None:
@@ -489,6 +528,9 @@ def main(argv=None) -> int:
             print(f"| {k} | " + " | ".join(f"{ov_kinds[n].get(k, 0.0):.3f}" for n in PAIRS[0]) + " |")
         print("| total of the nodes | " + " | ".join(f"{sum(ov_kinds[n].values()):.2f}" for n in PAIRS[0]) + " |")
     if "onnxruntime" in runtimes:
+        print(f"\nWhat the export form changes on onnxruntime ({threads} thread(s), {args.latency_runs} rounds; "
+              "OpenVINO runs the 'full_width' form):\n")
+        export_forms_table(PAIRS[0][0], args.size, threads, args.latency_runs)
         onnxruntime_kinds_table(args.size, threads)
     print(f"\nload average after: {load_avg()}")
     print(busy_warning(other_cpu_share(since)))

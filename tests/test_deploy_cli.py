@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -48,8 +49,12 @@ def test_checkpoint_to_fused_onnx(tmp_path, checkpoint, weights):
 
     path, raw, ema = checkpoint
     out = tmp_path / f"{weights}.onnx"
-    proc = _deploy(f"ckpt={path}", f"onnx={out}", f"weights={weights}", subprocess_only=weights == "raw")
+    form = "full_width" if weights == "raw" else "split"  # the default form, and onnxruntime's on request
+    extra = [] if weights == "raw" else ["export_form=split"]
+    proc = _deploy(f"ckpt={path}", f"onnx={out}", f"weights={weights}", *extra, subprocess_only=weights == "raw")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ("BatchNormalization" in ops) == (form == "split")  # PAT_sp's shift in the split form
     assert f"wrote {out} (fused, {weights} weights" in proc.stdout and "input 64x64" in proc.stdout
     x = torch.randn(3, 3, 64, 64)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -72,7 +77,9 @@ def test_deploy_cli_errors(tmp_path, checkpoint):
     for args, needle in (([f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "weigths=ema"], "unknown argument 'weigths=ema'"),
                          ([f"ckpt={path}"], "onnx= is required"),
                          ([f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "opset=x"], "opset='x' is not a number"),
-                         ([f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "fuse=maybe"], "fuse='maybe'; use true or false")):
+                         ([f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "fuse=maybe"], "fuse='maybe'; use true or false"),
+                         ([f"ckpt={path}", f"onnx={tmp_path}/a.onnx", "export_form=blocked"],
+                          "export_form='blocked' is unknown; use one of full_width, split")):
         with pytest.raises(UserError) as e:
             _parse(args)
         assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)

@@ -2,6 +2,7 @@
 
   python -m partialnet.deploy ckpt=outputs/train/runs/<run>/checkpoints/last.ckpt onnx=model.onnx
   options: weights=auto|ema|raw  input_size=N (default: the checkpoint's)  opset=N  fuse=true|false
+           export_form=full_width|split (the graph OpenVINO runs fastest, the default, or onnxruntime)
            tolerance=1e-3 (max |onnxruntime - PyTorch| allowed on a random batch)
 
 Prints the file, the input size and the measured difference; exit 2 with one line on bad input
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-_KEYS = {"ckpt", "onnx", "weights", "input_size", "opset", "fuse", "tolerance"}
+_KEYS = {"ckpt", "onnx", "weights", "input_size", "opset", "fuse", "export_form", "tolerance"}
 _USAGE = "usage: python -m partialnet.deploy ckpt=PATH onnx=OUT.onnx [weights=auto|ema|raw] [input_size=N] [opset=N]"
 
 
@@ -33,6 +34,11 @@ def _parse(argv: list[str]) -> dict:
                 args[key] = conv(args[key])
             except ValueError:
                 raise UserError(f"{key}={args[key]!r} is not a number") from None
+    if "export_form" in args:
+        from partialnet.deploy.fusion import EXPORT_FORMS
+
+        if args["export_form"] not in EXPORT_FORMS:
+            raise UserError(f"export_form={args['export_form']!r} is unknown; use one of {', '.join(EXPORT_FORMS)}")
     if "fuse" in args:
         if args["fuse"].lower() not in ("true", "false"):
             raise UserError(f"fuse={args['fuse']!r}; use true or false")
@@ -53,7 +59,7 @@ def main(argv: list[str]) -> None:
     model, meta, used = model_from_checkpoint(ckpt, args["ckpt"], args.get("weights", "auto"))
     size = int(args.get("input_size") or meta.get("image_size", 224))
     path = export_onnx(model, args["onnx"], input_size=size, opset=int(args.get("opset", DEFAULT_OPSET)),
-                       fuse=bool(args.get("fuse", True)))
+                       fuse=bool(args.get("fuse", True)), export_form=args.get("export_form", "full_width"))
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     diff = onnx_max_abs_diff(path, model, x)
     tol = float(args.get("tolerance", 1e-3))

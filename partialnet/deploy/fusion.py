@@ -49,6 +49,15 @@ FasterNet on 2 threads). :func:`set_forward_type` switches every
 fused module to the out-of-place ``'split_cat'`` form, which is what ONNX export uses (in-place slice writes blew up
 FasterNet's ONNX graphs, FasterNet issue #16). Both forms give the same outputs and run on any
 input size the original model accepts.
+
+The out-of-place forms of PAT_ch and PAT_sp come in two :data:`EXPORT_FORMS` with the same
+outputs (:func:`set_export_form`; ``export_onnx(..., export_form=...)``): ``'full_width'`` (the
+default), whose statistics and PAT_sp gate read all channels so that no channel split feeds two
+consumers (OpenVINO copies both halves of such a split), and ``'split'``, which splits PAT_ch into
+its halves with the statistics in kept dimensions and runs PAT_sp in convs, one product and a
+BatchNorm, so that onnxruntime keeps the map in its blocked channel layout. ``runtime=onnxruntime``
+exports the ``'split'`` form, ``runtime=openvino`` the ``'full_width'`` one (``bench/runtimes.py``
+times both forms on onnxruntime).
 """
 from __future__ import annotations
 
@@ -71,6 +80,8 @@ from partialnet.utils.graph_capture import is_capturing_graph, is_exporting_grap
 __all__ = [
     "fuse",
     "set_forward_type",
+    "set_export_form",
+    "EXPORT_FORMS",
     "is_fused",
     "FusedStem",
     "FusedPATChannel",
@@ -80,6 +91,9 @@ __all__ = [
 ]
 
 FORWARD_TYPES = ("slicing", "split_cat")
+# The out-of-place forms of PAT_ch and PAT_sp that an exported graph gets (set_export_form):
+# 'full_width' is OpenVINO's fastest, 'split' onnxruntime's (see FusedPATChannel and FusedMlp).
+EXPORT_FORMS = ("full_width", "split")
 # PAT_sp attention-BN scales at least this large are folded into fc2 (see FusedMlp).
 _MIN_FOLD_SCALE = 1e-4
 
@@ -219,6 +233,7 @@ class FusedPATChannel(nn.Module):
         self.conv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, 1, 1, bias=False)
         self.srm = nn.Linear(2 * self.dim_untouched, self.dim_untouched)
         self.forward_type = forward_type
+        self.export_form = "full_width"  # the out-of-place form: EXPORT_FORMS, set by set_export_form
         self._token_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     @classmethod
@@ -251,6 +266,8 @@ class FusedPATChannel(nn.Module):
             return out
         if is_torch_compiling():
             return self._forward_split(x)
+        if self.export_form == "split":
+            return self._forward_split_kept_dims(x)
         return self._forward_full_width(x)
 
     def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,6 +276,23 @@ class FusedPATChannel(nn.Module):
         than :meth:`_forward_full_width`, whose full-width statistics suit the exported graphs)."""
         x_u = x[:, self.dim_conv :]
         return torch.cat((self.conv(x[:, : self.dim_conv]), x_u * self.gate(x_u)[:, :, None, None]), dim=1)
+
+    def _forward_split_kept_dims(self, x: torch.Tensor) -> torch.Tensor:
+        """The out-of-place form of ``export_form='split'`` (onnxruntime's): one split into both halves,
+        the statistics as (B, C_u, 1, 1) maps and the SRM as a 1x1 conv on them, so the graph has no
+        unsqueeze and no ones-padded gate (fused PartialNet-T0 at batch 1 on onnxruntime, 2 threads,
+        with :class:`FusedMlp`'s split form: 0.92-0.93 of the full-width forms' time)."""
+        x_p, x_u = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        n = int(x.shape[-2]) * int(x.shape[-1])
+        mean = x_u.mean(dim=(2, 3), keepdim=True)
+        if n > 1:
+            d = x_u - mean
+            var = (d * d).mean(dim=(2, 3), keepdim=True) * (n / (n - 1))
+        else:  # a single position: variance 0, as in srm_statistics
+            var = torch.zeros_like(mean)
+        std = var.clamp_min(self.std_eps).sqrt()
+        g = F.hardsigmoid(F.conv2d(torch.cat((mean, std), dim=1), self.srm.weight[:, :, None, None], self.srm.bias))
+        return torch.cat((self.conv(x_p), x_u * g), dim=1)
 
     def _token_constants(self, n: int) -> tuple[torch.Tensor, ...]:
         """For the token form at n positions: the two averaging rows and the SRM weight's mean and
@@ -315,7 +349,7 @@ class FusedPATChannel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, dim_conv={self.dim_conv}, dim_untouched={self.dim_untouched}, "
-            f"forward_type={self.forward_type!r}"
+            f"forward_type={self.forward_type!r}, export_form={self.export_form!r}"
         )
 
 
@@ -472,6 +506,7 @@ class FusedMlp(nn.Module):
             self.gate_weight = self.attn_shift = None
         self.register_buffer("attn_scale", None)  # set by fuse() when s_a is not folded into fc2
         self.forward_type = forward_type
+        self.export_form = "full_width"  # the out-of-place form: EXPORT_FORMS, set by set_export_form
         self._fc1_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _gate(self, y_a: torch.Tensor) -> torch.Tensor:
@@ -516,6 +551,8 @@ class FusedMlp(nn.Module):
             if self.attn_scale is not None:
                 g = g * self.attn_scale
             return torch.cat((y_a * g + self.attn_shift, y[:, c_a:]), dim=1)
+        if self.export_form == "split":
+            return self._finish_in_blocks(y)
         # Out-of-place (export) form without a split: the gate's 1x1 conv reads all channels (zero
         # weight on the conv half) and one elementwise pass finishes the attention half and leaves
         # the conv half as it is: y * (g * on + off) + shift, on/off/shift zero-padded per channel.
@@ -527,6 +564,23 @@ class FusedMlp(nn.Module):
         on = torch.cat((scale, pad), dim=1)
         off = torch.cat((torch.zeros_like(scale), pad + 1), dim=1)
         return y * (g * on + off) + torch.cat((self.attn_shift, pad), dim=1)
+
+    def _finish_in_blocks(self, y: torch.Tensor) -> torch.Tensor:
+        """The PAT_sp half of ``export_form='split'`` (onnxruntime's), in ops that onnxruntime runs in
+        its blocked channel layout, so ``y`` never goes back to NCHW: the gate's logit by a C -> 1 conv
+        (zero weight on the conv half), spread over the C channels by a 1 -> C conv whose bias 3 on the
+        conv half saturates the hardsigmoid at exactly 1 there, one product, and the shift (and a kept
+        ``attn_scale``) as an eval-mode BatchNorm, which onnxruntime runs as a per-channel conv."""
+        c, c_a = self.dim, self.dim_attn
+        rest = c - c_a
+        w = torch.cat((self.gate_weight, self.gate_weight.new_zeros(1, rest)), dim=1)[:, :, None, None]
+        spread_w = torch.cat((y.new_ones(c_a), y.new_zeros(rest))).view(c, 1, 1, 1)
+        spread_b = torch.cat((y.new_zeros(c_a), y.new_full((rest,), 3.0)))
+        g = F.hardsigmoid(F.conv2d(F.conv2d(y, w), spread_w, spread_b))
+        ones = y.new_ones(c)
+        scale = ones if self.attn_scale is None else torch.cat((self.attn_scale.view(-1), y.new_ones(rest)))
+        shift = torch.cat((self.attn_shift.view(-1), y.new_zeros(rest)))
+        return F.batch_norm(y * g, torch.zeros_like(ones), ones, scale, shift, False, 0.0, 0.0)
 
     def fc1_halves(self, split: int) -> tuple[torch.Tensor, torch.Tensor]:
         """fc1's weight as two (in, hidden) matrices, for its first ``split`` input channels and the
@@ -559,7 +613,8 @@ class FusedMlp(nn.Module):
         return token_map(y, height, width)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, pat_sp={self.pat_sp}, forward_type={self.forward_type!r}"
+        return (f"dim={self.dim}, pat_sp={self.pat_sp}, forward_type={self.forward_type!r}, "
+                f"export_form={self.export_form!r}")
 
 
 class FusedBlock(nn.Module):
@@ -734,6 +789,19 @@ def _fused_modules(model: nn.Module) -> Iterable[nn.Module]:
     for m in model.modules():
         if isinstance(m, (FusedPATChannel, FusedMlp, FusedPATSelf, FusedBlock, PartialConv)):
             yield m
+
+
+def set_export_form(model: nn.Module, export_form: str) -> nn.Module:
+    """Set the out-of-place form of every fused PAT_ch and MLP of ``model`` (in place): ``'full_width'``
+    (statistics and PAT_sp's gate over all channels, no split feeding two consumers: OpenVINO's fastest)
+    or ``'split'`` (onnxruntime's fastest: see :class:`FusedPATChannel` and :class:`FusedMlp`). Both
+    compute the same outputs; exported graphs and ``'split_cat'`` eager calls use it."""
+    if export_form not in EXPORT_FORMS:
+        raise UserError(f"export_form={export_form!r} is unknown; use one of {', '.join(EXPORT_FORMS)}")
+    for m in model.modules():
+        if isinstance(m, (FusedPATChannel, FusedMlp)):
+            m.export_form = export_form
+    return model
 
 
 def set_forward_type(model: nn.Module, forward_type: str) -> nn.Module:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from partialnet.deploy.fusion import fuse as fuse_model
-from partialnet.deploy.fusion import set_forward_type
+from partialnet.deploy.fusion import set_export_form, set_forward_type
 from partialnet.errors import UserError
 from partialnet.utils.atomic import atomic_write
 
@@ -54,13 +54,16 @@ def export_onnx(
     dynamic_batch: bool = True,
     fuse: bool = True,
     batch_size: int = 1,
+    export_form: str = "full_width",
 ) -> Path:
     """Write ``model`` as ONNX to ``path`` (atomic) and return the path.
 
     ``fuse=True`` exports :func:`partialnet.deploy.fuse` of ``model`` (``model`` is not
     modified either way); the split-cat form is traced in eval mode on CPU fp32 with one
     input ``input`` (N, C, H, W) and one output ``logits``; ``dynamic_batch`` makes N a
-    dynamic axis (``batch``). The spatial size is fixed at ``input_size``.
+    dynamic axis (``batch``). The spatial size is fixed at ``input_size``. ``export_form``
+    (:func:`partialnet.deploy.set_export_form`): ``'full_width'`` (the default; OpenVINO's fastest
+    graph) or ``'split'`` (onnxruntime's fastest); both compute the same outputs.
     """
     h, w = _hw(input_size)
     path = Path(path)
@@ -72,6 +75,7 @@ def export_onnx(
         net = fuse_model(model, channels_last=False, forward_type="split_cat")
     else:
         net = set_forward_type(copy.deepcopy(model), "split_cat")
+    set_export_form(net, export_form)
     net = net.float().cpu().eval()
     x = torch.randn(batch_size, _in_chans(net), h, w)
     with torch.no_grad():

@@ -12,11 +12,14 @@ compares a runner's outputs with the model's own eval outputs and raises a one-l
   kernel). Fused PartialNet-T0 and FasterNet-T0 at batch 1, 2 threads: 1.25x and 1.24x faster
   than plain ``torch.compile`` (per-round wall time, ``bench/runtimes.py``); compiling takes longer,
   about 25 s per model and input shape on 2 cores instead of 10.
-- ``onnxruntime``: the split-cat ONNX export (:func:`partialnet.deploy.export_onnx`) in an
+- ``onnxruntime``: the split-cat ONNX export (:func:`partialnet.deploy.export_onnx`) in its
+  ``export_form='split'`` (PAT_ch's halves split, PAT_sp in onnxruntime's blocked layout: fused
+  PartialNet-T0 at batch 1 on 2 threads in 0.92-0.93 of the time of the full-width graph) in an
   onnxruntime CPU session with all graph optimisations and non-spinning intra-op threads, one
   fixed-batch graph per batch size
   (built on first use or by ``runner.prepare(batch_size)``, checked against the fused model).
-- ``openvino``: the same, each ONNX file compiled by OpenVINO for its CPU plugin, fp32 precision.
+- ``openvino``: the same with the default ``export_form='full_width'`` (no split feeding two
+  consumers, which OpenVINO copies), each ONNX file compiled by OpenVINO for its CPU plugin, fp32.
 
 ``streams=N`` (``eager``, ``onnxruntime``, ``openvino``; CPU): throughput mode. A batch of at least N
 images is cut into N contiguous chunks that run at the same time, each on ``threads // N`` threads
@@ -48,6 +51,7 @@ __all__ = ["RUNTIMES", "make_runner", "check_runner", "onnxruntime_options", "Ru
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
 CPU_COMPILE_OPTIONS = {"freezing": True, "cpp_wrapper": True}  # inductor's settings for CPU inference
+ONNXRUNTIME_FORM = "split"  # onnxruntime's graphs: partialnet.deploy.set_export_form (OpenVINO's: 'full_width')
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -65,9 +69,11 @@ class _StaticBatchRunner:
     checked against the fused model itself on its first batch (max |difference| <= ``tol``), so no
     graph is timed that computes something else."""
 
-    def __init__(self, fused: nn.Module, input_size: int, compile_graph, name: str, tol: float = 1e-4):
+    def __init__(self, fused: nn.Module, input_size: int, compile_graph, name: str, tol: float = 1e-4,
+                 export_form: str = "full_width"):
         # compile_graph(onnx_path) -> a callable graph; it must allow concurrent calls when streams run it
         self.fused, self.input_size, self.compile_graph, self.name, self.tol = fused, input_size, compile_graph, name, tol
+        self.export_form = export_form  # the graph form this runtime is fastest with (export_onnx)
         self.graphs: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
 
     def prepare(self, batch_size: int) -> None:
@@ -77,7 +83,7 @@ class _StaticBatchRunner:
 
         with tempfile.TemporaryDirectory(prefix="partialnet_runtime_") as tmp:  # the runtime keeps the graph
             path = export_onnx(self.fused, Path(tmp) / "model.onnx", input_size=self.input_size, dynamic_batch=False,
-                               batch_size=batch_size, fuse=True)
+                               batch_size=batch_size, fuse=True, export_form=self.export_form)
             graph = self.compile_graph(path)
         self.graphs[batch_size] = graph
         x = torch.randn(batch_size, 3, self.input_size, self.input_size, generator=torch.Generator().manual_seed(0))
@@ -214,7 +220,7 @@ def make_runner(runtime: str, fused: nn.Module, input_size: int, device: torch.d
                 "or pick runtime=eager|compile|onnxruntime"
             ) from None
         return _StaticBatchRunner(fused, int(input_size), _openvino_graph, runtime)
-    return _StaticBatchRunner(fused, int(input_size), _onnxruntime_graph, runtime)
+    return _StaticBatchRunner(fused, int(input_size), _onnxruntime_graph, runtime, export_form=ONNXRUNTIME_FORM)
 
 
 def _stream_runner(runtime: str, fused: nn.Module, input_size: int, device: torch.device, streams: int) -> Runner:
@@ -234,7 +240,7 @@ def _stream_runner(runtime: str, fused: nn.Module, input_size: int, device: torc
     else:
         per_stream = max(1, _threads() // streams)
         chunked = _StaticBatchRunner(fused, input_size, lambda p: _onnxruntime_graph(p, per_stream),
-                                     f"{runtime} streams")
+                                     f"{runtime} streams", export_form=ONNXRUNTIME_FORM)
     return _Streams(whole, chunked, streams, torch_threads=False)
 
 
