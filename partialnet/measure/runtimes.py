@@ -14,7 +14,7 @@ compares a runner's outputs with the model's own eval outputs and raises a one-l
   about 25 s per model and input shape on 2 cores instead of 10.
 - ``onnxruntime``: the split-cat ONNX export (:func:`partialnet.deploy.export_onnx`) in its
   ``export_form='split'`` (PAT_ch's halves split, PAT_sp in onnxruntime's blocked layout: fused
-  PartialNet-T0 at batch 1 on 2 threads in 0.92-0.93 of the time of the full-width graph) in an
+  PartialNet-T0 at batch 1 on 2 threads 1.06-1.09x faster than on the full-width graph) in an
   onnxruntime CPU session with all graph optimisations and non-spinning intra-op threads, one
   fixed-batch graph per batch size
   (built on first use or by ``runner.prepare(batch_size)``, checked against the fused model).
