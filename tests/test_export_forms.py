@@ -31,11 +31,13 @@ def _model(name: str = "partialnet_t0", seed: int = 0, zero_pat_sp_scale: bool =
     return model.eval()
 
 
-@pytest.mark.parametrize("zero_scale", [False, True], ids=["scale-folded", "scale-kept"])
-def test_both_forms_compute_the_model_in_eager_and_in_onnxruntime(tmp_path, zero_scale):
+@pytest.mark.parametrize("name,zero_scale", [("partialnet_t0", False), ("partialnet_t0", True),
+                                             ("partialnet_t2", False), ("patnet_t0", False)],
+                         ids=["scale-folded", "scale-kept", "relu-variant", "patnet"])
+def test_both_forms_compute_the_model_in_eager_and_in_onnxruntime(tmp_path, name, zero_scale):
     import onnxruntime as ort
 
-    model = _model(seed=1, zero_pat_sp_scale=zero_scale)
+    model = _model(name, seed=1, zero_pat_sp_scale=zero_scale)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
