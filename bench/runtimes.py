@@ -235,9 +235,9 @@ def openvino_kinds(name: str, size: int, threads: int, iters: int = 10) -> dict[
 
     from partialnet.deploy.onnx_export import export_onnx
 
-    fused = fuse(partialnet.create_model(name).eval())
+    model = partialnet.create_model(name).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(fused, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=False, fuse=True)
+        path = export_onnx(model, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=False, fuse=True)
         core = ov.Core()
         compiled = core.compile_model(core.read_model(str(path)), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
@@ -267,10 +267,10 @@ def onnxruntime_kinds(name: str, size: int, threads: int, iters: int = 30,
     from partialnet.deploy.onnx_export import export_onnx
     from partialnet.measure.runtimes import ONNXRUNTIME_FORM, onnxruntime_options
 
-    fused = fuse(partialnet.create_model(name).eval())
+    model = partialnet.create_model(name).eval()
     kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(fused, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=False, fuse=True,
+        path = export_onnx(model, Path(tmp) / "model.onnx", input_size=size, dynamic_batch=False, fuse=True,
                            export_form=ONNXRUNTIME_FORM)
         opts = onnxruntime_options(threads)
         opts.enable_profiling = True
@@ -329,7 +329,7 @@ def export_forms_table(name: str, size: int, threads: int, runs: int) -> None:
 
     from partialnet.deploy.fusion import EXPORT_FORMS
     from partialnet.deploy.onnx_export import export_onnx
-    from partialnet.measure.runtimes import onnxruntime_options
+    from partialnet.measure.runtimes import ONNXRUNTIME_FORM, onnxruntime_options
 
     torch.manual_seed(0)
     model = partialnet.create_model(name).eval()
@@ -353,7 +353,7 @@ def export_forms_table(name: str, size: int, threads: int, runs: int) -> None:
     print("|---|---|---|---|")
     for form in EXPORT_FORMS:
         wall = round_ratios(r[base][0], r[form][0])
-        print(f"| | {form}{' (runtime=onnxruntime)' if form == 'split' else ''} | "
+        print(f"| | {form}{' (runtime=onnxruntime)' if form == ONNXRUNTIME_FORM else ''} | "
               f"{1e3 * statistics.median(r[form][0]):.2f} | {wall[0]:.3f}x ({wall[1]:.2f}-{wall[2]:.2f}) |")
 
 

@@ -124,6 +124,10 @@ def test_srm_statistics_values_and_gradient(hw):
     mean, std = srm_statistics(x, eps)
     torch.testing.assert_close(mean, x.mean((2, 3)))
     torch.testing.assert_close(std, var.clamp_min(eps).sqrt())
+    kept = srm_statistics(x, eps, keepdim=True)  # the (B, C, 1, 1) form of the exported graphs
+    assert all(k.shape == (3, 7, 1, 1) for k in kept)
+    torch.testing.assert_close(kept[0].flatten(1), mean)
+    torch.testing.assert_close(kept[1].flatten(1), std)
     w_mean, w_std = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
     for use_mean, use_std in ((1, 1), (1, 0), (0, 1)):
         a = x.clone().requires_grad_(True)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 
 _KEYS = {"ckpt", "onnx", "weights", "input_size", "opset", "fuse", "export_form", "tolerance"}
-_USAGE = "usage: python -m partialnet.deploy ckpt=PATH onnx=OUT.onnx [weights=auto|ema|raw] [input_size=N] [opset=N]"
+_USAGE = ("usage: python -m partialnet.deploy ckpt=PATH onnx=OUT.onnx [weights=auto|ema|raw] [input_size=N] [opset=N] "
+          "[fuse=true|false] [export_form=full_width|split] [tolerance=X]")
 
 
 def _parse(argv: list[str]) -> dict:
@@ -34,11 +35,10 @@ def _parse(argv: list[str]) -> dict:
                 args[key] = conv(args[key])
             except ValueError:
                 raise UserError(f"{key}={args[key]!r} is not a number") from None
-    if "export_form" in args:
-        from partialnet.deploy.fusion import EXPORT_FORMS
+    if "export_form" in args:  # checked before anything is loaded
+        from partialnet.deploy.fusion import check_export_form
 
-        if args["export_form"] not in EXPORT_FORMS:
-            raise UserError(f"export_form={args['export_form']!r} is unknown; use one of {', '.join(EXPORT_FORMS)}")
+        check_export_form(args["export_form"])
     if "fuse" in args:
         if args["fuse"].lower() not in ("true", "false"):
             raise UserError(f"fuse={args['fuse']!r}; use true or false")

@@ -81,6 +81,7 @@ __all__ = [
     "fuse",
     "set_forward_type",
     "set_export_form",
+    "check_export_form",
     "EXPORT_FORMS",
     "is_fused",
     "FusedStem",
@@ -283,14 +284,7 @@ class FusedPATChannel(nn.Module):
         unsqueeze and no ones-padded gate (fused PartialNet-T0 at batch 1 on onnxruntime, 2 threads,
         with :class:`FusedMlp`'s split form: 1.06-1.09x faster than the full-width forms, ``bench/runtimes.py``)."""
         x_p, x_u = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
-        n = int(x.shape[-2]) * int(x.shape[-1])
-        mean = x_u.mean(dim=(2, 3), keepdim=True)
-        if n > 1:
-            d = x_u - mean
-            var = (d * d).mean(dim=(2, 3), keepdim=True) * (n / (n - 1))
-        else:  # a single position: variance 0, as in srm_statistics
-            var = torch.zeros_like(mean)
-        std = var.clamp_min(self.std_eps).sqrt()
+        mean, std = srm_statistics(x_u, self.std_eps, keepdim=True)
         g = F.hardsigmoid(F.conv2d(torch.cat((mean, std), dim=1), self.srm.weight[:, :, None, None], self.srm.bias))
         return torch.cat((self.conv(x_p), x_u * g), dim=1)
 
@@ -791,13 +785,19 @@ def _fused_modules(model: nn.Module) -> Iterable[nn.Module]:
             yield m
 
 
+def check_export_form(export_form: str) -> str:
+    """``export_form`` itself when it is one of :data:`EXPORT_FORMS`, else a one-line :class:`UserError`."""
+    if export_form not in EXPORT_FORMS:
+        raise UserError(f"export_form={export_form!r} is unknown; use one of {', '.join(EXPORT_FORMS)}")
+    return export_form
+
+
 def set_export_form(model: nn.Module, export_form: str) -> nn.Module:
     """Set the out-of-place form of every fused PAT_ch and MLP of ``model`` (in place): ``'full_width'``
     (statistics and PAT_sp's gate over all channels, no split feeding two consumers: OpenVINO's fastest)
     or ``'split'`` (onnxruntime's fastest: see :class:`FusedPATChannel` and :class:`FusedMlp`). Both
     compute the same outputs; exported graphs and ``'split_cat'`` eager calls use it."""
-    if export_form not in EXPORT_FORMS:
-        raise UserError(f"export_form={export_form!r} is unknown; use one of {', '.join(EXPORT_FORMS)}")
+    check_export_form(export_form)
     for m in model.modules():
         if isinstance(m, (FusedPATChannel, FusedMlp)):
             m.export_form = export_form

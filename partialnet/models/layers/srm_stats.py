@@ -36,13 +36,14 @@ from partialnet.models.layers.token_view import token_matrix
 __all__ = ["srm_statistics", "token_mean_std", "averaging_rows"]
 
 
-def _mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, unbiased var)`` over dims (2, 3), each (B, C); var is 0 for a single position."""
+def _mean_var(x: torch.Tensor, keepdim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, unbiased var)`` over dims (2, 3), each (B, C), or (B, C, 1, 1) with ``keepdim``; var
+    is 0 for a single position."""
     n = x.shape[-2] * x.shape[-1]
-    mean = x.mean(dim=(2, 3))
+    mean = x.mean(dim=(2, 3), keepdim=keepdim)
     if n > 1:
-        d = x - mean[:, :, None, None]
-        var = (d * d).sum(dim=(2, 3)) / (n - 1)
+        d = x - (mean if keepdim else mean[:, :, None, None])
+        var = (d * d).sum(dim=(2, 3), keepdim=keepdim) / (n - 1)
     else:
         var = torch.zeros_like(mean)
     return mean, var
@@ -89,10 +90,15 @@ def token_mean_std(tokens: torch.Tensor, eps: float,
     return mean, torch.mm(var_row, d).clamp_min_(eps).sqrt_()
 
 
-def srm_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)`` per channel of a (B, C, H, W) map, each (B, C); see the module docstring."""
+def srm_statistics(x: torch.Tensor, eps: float, keepdim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` per channel of a (B, C, H, W) map, each (B, C); see the module docstring.
+    ``keepdim``: each (B, C, 1, 1), in the plain two-pass operators (what an exported graph wants:
+    maps that broadcast over the input, no unsqueeze)."""
     if x.dim() != 4:
         raise ValueError(f"srm_statistics expects a (B, C, H, W) map, got shape {tuple(x.shape)}")
+    if keepdim:
+        mean, var = _mean_var(x, keepdim=True)
+        return mean, var.clamp_min(eps).sqrt()
     if torch.is_grad_enabled() and x.requires_grad:
         if not torch.compiler.is_compiling():  # (a compiler fuses the plain form itself)
             return _MeanStd.apply(x, float(eps))
