@@ -8,14 +8,17 @@ Protocol (every arm gets the same budget: epochs, batches per epoch, lr, seeds):
 1. A class-stratified hold-out (``--holdout`` of the CIFAR-10 training split, split seed 0) is
    used only to score the retrained arms. The search never sees it: it runs on the rest, and
    its own validation is a second stratified split of that rest.
-2. Search PartialNet-T0 (small-input stem, 32 px) at ``search.flops_ratio=1.0`` with
+2. Search PartialNet-T0 (small-input stem, 32 px) at ``search.flops_ratio=--flops-ratio`` (1.0 by
+   default, the r=1/4 model's MACs) with
    ``search_dpconv.py``, once per ``--search`` (default: joint, bilevel with 20 % of the search's
    training data for the logits, and bilevel with the constraint on the argmax from the start).
 3. Retrain from scratch with ``train.py`` (training set = everything but the hold-out,
    validation = the hold-out): (a) the uniform r = 1/4 model, (b) each searched architecture (an arm whose ratios equal an
    earlier arm's reuses its runs),
    (c) ``--random`` architectures drawn uniformly per layer and kept when their MACs are
-   within +-3 % of the r = 1/4 model's.
+   within +-3 % of the budget (``--flops-ratio`` x the r = 1/4 model's); (d) at a budget other
+   than 1.0, also the uniform model nearest the budget (one split ratio everywhere, and in
+   ``split+mlp`` one MLP ratio everywhere): the obvious hand-made way to meet it.
 4. Per arm: held-out top-1 of the last epoch (mean and spread over seeds), MACs, params and
    the fused model's CPU latency (batch 1, ``--threads`` threads, median of timed runs).
 
@@ -131,19 +134,39 @@ def model_lists(arch: list[float], space: str = "split") -> tuple[list[float], l
     return list(arch[:half]), list(arch[half:])
 
 
+def uniform_at_budget(flops_ratio: float, space: str = "split") -> tuple[list[float], float]:
+    """The uniform architecture (one candidate for every split row and, in ``split+mlp``, one for
+    every MLP row) whose MACs are nearest ``flops_ratio`` x the r=1/4 model's, and its own ratio."""
+    specs, cost = _cost_table(32, space)
+    split_rows = [s for s in specs if s.kind != "mlp"]
+    mlp_rows = [s for s in specs if s.kind == "mlp"]
+    best = None
+    for r in split_rows[0].candidates:
+        for m in (mlp_rows[0].candidates if mlp_rows else [None]):
+            arch = [float(m) if s.kind == "mlp" else float(r) for s in specs]
+            choice = [list(s.candidates).index(v) for s, v in zip(specs, arch)]
+            if any(s.ks[c] is None for s, c in zip(specs, choice)):
+                continue
+            ratio = cost.macs_of(choice) / cost.reference_macs
+            if best is None or abs(ratio - flops_ratio) < abs(best[1] - flops_ratio):
+                best = (arch, ratio)
+    return best
+
+
 def random_architectures(n: int, seed: int, tol: float = 0.03, input_size: int = 32,
-                         space: str = "split") -> list[list[float]]:
+                         space: str = "split", flops_ratio: float = 1.0) -> list[list[float]]:
     """``n`` architectures (one value per searched row of ``space``) drawn uniformly per row, kept
-    when within +-tol of the r=1/4 model's MACs."""
+    when within +-tol of ``flops_ratio`` x the r=1/4 model's MACs."""
     specs, cost = _cost_table(input_size, space)
     rng = random.Random(seed)
     out, tries = [], 0
     while len(out) < n:
         tries += 1
         if tries > 200_000:
-            raise SystemExit(f"found only {len(out)} random architectures within +-{tol:.0%} in {tries} draws")
+            raise SystemExit(f"found only {len(out)} random architectures within +-{tol:.0%} of flops_ratio="
+                             f"{flops_ratio:g} in {tries} draws; use a budget the search space reaches")
         choice = [rng.choice([c for c, k in enumerate(s.ks) if k is not None]) for s in specs]
-        if abs(cost.macs_of(choice) / cost.reference_macs - 1) <= tol:
+        if abs(cost.macs_of(choice) / cost.reference_macs / flops_ratio - 1) <= tol:
             ratios = [float(s.candidates[c]) for s, c in zip(specs, choice)]
             if ratios not in out and len(set(ratios)) > 1:
                 out.append(ratios)
@@ -261,7 +284,12 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-sampling", default="uniform", choices=("fixed", "uniform"),
                     help="search.warmup_sampling: architecture trained during the warm-up")
     ap.add_argument("--search-override", action="append", default=[], help="extra search_dpconv.py override")
+    ap.add_argument("--flops-ratio", type=float, default=1.0,
+                    help="the searches' budget (search.flops_ratio: MACs over the r=1/4 model's) and the random "
+                         "arms' target; other than 1.0 adds the uniform model nearest the budget as an arm")
     a = ap.parse_args(argv)
+    if not a.flops_ratio > 0:
+        ap.error(f"--flops-ratio {a.flops_ratio:g} must be > 0, e.g. 0.83")
     if a.quick:
         a.epochs, a.search_epochs, a.warmup_epochs, a.batches, a.seeds, a.random = 1, 2, 1, 4, "0", 1
         a.latency_runs = 10
@@ -280,7 +308,20 @@ def main(argv=None) -> int:
     # 1. searches (never see the hold-out): one per --search
     import yaml
 
+    # runs at a budget other than 1.0 get their own names, so they never reuse the 1.0 runs in --out
+    budget_tag = "" if a.flops_ratio == 1.0 else f"_f{a.flops_ratio:g}"
     arms: dict[str, tuple[str, list[float] | None]] = {"uniform r=1/4": ("uniform_r1-4", None)}
+    if a.flops_ratio != 1.0:
+        at_budget, at_ratio = uniform_at_budget(a.flops_ratio, a.space)
+        specs, _ = _cost_table(32, a.space)
+        split_r = next(v for s, v in zip(specs, at_budget) if s.kind != "mlp")
+        mlp_r = next((v for s, v in zip(specs, at_budget) if s.kind == "mlp"), None)
+        label = f"uniform r={split_r:g}" + (f", MLP {mlp_r:g}" if mlp_r is not None else "")
+        print(f"uniform model nearest flops_ratio={a.flops_ratio:g}: {label} ({at_ratio:.3f} of the r=1/4 model's MACs)",
+              flush=True)
+        if at_budget != uniform_architecture(a.space):
+            arms[f"{label} (nearest the budget, {at_ratio:.3f})"] = (
+                "uniform_" + label.removeprefix("uniform ").replace("=", "").replace(", ", "_").replace(" ", ""), at_budget)
     space_overrides = [] if a.space == "split" else [f"search.space={a.space}"]
     projections, search_dirs = {}, {}
     reused = 0
@@ -289,15 +330,16 @@ def main(argv=None) -> int:
         if not kind.strip() or not overrides.strip():
             raise SystemExit(f"--search {spec!r}: expected NAME=OVERRIDES, e.g. 'bilevel=search.arch_split=0.2'")
         kind = kind.strip()
-        run_name = "searched_" + "".join(ch for ch in kind if ch.isalnum() or ch in "._-")
+        run_name = "searched_" + "".join(ch for ch in kind if ch.isalnum() or ch in "._-") + budget_tag
         search_dir = out / "search" / "runs" / run_name
         reused += (search_dir / "ratios.yaml").is_file()
         if not (search_dir / "ratios.yaml").is_file():
-            print(f"[search, {kind}] {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at flops_ratio=1.0", flush=True)
+            print(f"[search, {kind}] {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at flops_ratio={a.flops_ratio:g}",
+                  flush=True)
             _run("search_dpconv.py", [*common, "data._target_=search_quality.SearchSplitCIFAR10", f"run_name={run_name}",
                                       "task_name=search",
                                       f"trainer.max_epochs={a.search_epochs}", f"search.warmup_epochs={a.warmup_epochs}",
-                                      "search.flops_ratio=1.0", "ckpt_path=null", "trainer.limit_val_batches=10",
+                                      f"search.flops_ratio={a.flops_ratio:g}", "ckpt_path=null", "trainer.limit_val_batches=10",
                                       f"search.warmup_sampling={a.warmup_sampling}", *space_overrides, *overrides.split(),
                                       *a.search_override],
                  out / "logs" / f"{run_name}.log", a.threads)
@@ -314,8 +356,8 @@ def main(argv=None) -> int:
         return 0
 
     # 2. arms
-    for i, arch in enumerate(random_architectures(a.random, seed=1234, space=a.space)):
-        arms[f"random {i + 1}"] = (f"random_{i + 1}", arch)
+    for i, arch in enumerate(random_architectures(a.random, seed=1234, space=a.space, flops_ratio=a.flops_ratio)):
+        arms[f"random {i + 1}"] = (f"random_{i + 1}{budget_tag}", arch)
     uniform = uniform_architecture(a.space)
     rows, trained = [], {}
     for name, (tag, arch) in arms.items():
@@ -372,11 +414,12 @@ def render(rows: list[dict], a, seeds: list[int], minutes: float, projections: d
     best = max(rows, key=lambda r: r["acc_mean"])["arm"]
     mlp = any(r.get("mlp_ratios") for r in rows)
     lines = [
-        SECTION if a.space == "split" else SECTION.replace("Search quality", f"Search quality, space {a.space}"), "",
+        (SECTION if a.space == "split" else SECTION.replace("Search quality", f"Search quality, space {a.space}"))
+        + (f", flops_ratio={a.flops_ratio:g}" if a.flops_ratio != 1.0 else ""), "",
         f"PartialNet-T0 (small-input stem, 32 px), CIFAR-10 training split; scored on a class-stratified "
         f"{a.holdout:.0%} hold-out the search never saw. Every arm: {a.epochs} epochs x {a.batches} batches of "
         f"{a.batch_size}, seeds {seeds}; search: {a.search_epochs} epochs ({a.warmup_epochs} warm-up) at "
-        f"flops_ratio=1.0, search space {a.space}, warm-up sampling {a.warmup_sampling}; "
+        f"flops_ratio={a.flops_ratio:g}, search space {a.space}, warm-up sampling {a.warmup_sampling}; "
         + "; ".join(f"{k}: {'projection used' if v else 'argmax in band without projection'}" for k, v in projections.items())
         + f"{' ' + ' '.join(a.search_override) if a.search_override else ''}. "
         f"CPU latency: fused model, batch 1, {a.threads} thread(s), median of calls timed round-robin over the arms. Wall time of this invocation {minutes:.0f} min"

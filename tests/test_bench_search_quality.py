@@ -88,3 +88,33 @@ def test_mlp_wrapper_adds_its_default_searches_only_when_none_is_given(monkeypat
 
     search_quality_mlp.main(["--search-only"])  # not a --search: the defaults still come
     assert seen[-1].count("--search") == 2
+
+
+def test_random_architectures_follow_the_budget():
+    """--flops-ratio: the random arms are drawn around the budget, not around the r=1/4 model."""
+    specs, cost = search_quality._cost_table(32)
+    for ratios in search_quality.random_architectures(2, seed=5, flops_ratio=1.15):
+        choice = [list(s.candidates).index(r) for s, r in zip(specs, ratios)]
+        assert abs(cost.macs_of(choice) / cost.reference_macs / 1.15 - 1) <= 0.03
+    with pytest.raises(SystemExit, match="flops_ratio=0.5"):  # below anything the split space reaches
+        search_quality.random_architectures(1, seed=5, flops_ratio=0.5)
+
+
+def test_uniform_at_budget_is_the_nearest_uniform_model():
+    """The hand-made arm at another budget: one split ratio everywhere, and its MACs ratio is the one
+    nearest the budget among all uniform models (checked against each candidate's own ratio)."""
+    arch, ratio = search_quality.uniform_at_budget(1.0)
+    assert arch == search_quality.uniform_architecture() and ratio == pytest.approx(1.0)
+    specs, cost = search_quality._cost_table(32)
+    own = {r: cost.macs_of([list(s.candidates).index(r) for s in specs]) / cost.reference_macs
+           for r in specs[0].candidates}
+    for budget in (0.9, 0.952, 1.2, 1.3):
+        arch, ratio = search_quality.uniform_at_budget(budget)
+        assert len(set(arch)) == 1 and ratio == pytest.approx(own[arch[0]])
+        assert all(abs(ratio - budget) <= abs(other - budget) for other in own.values())
+
+
+def test_bad_flops_ratio_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        search_quality.main(["--flops-ratio", "0", "--quick"])
+    assert e.value.code == 2 and "--flops-ratio 0 must be > 0" in capsys.readouterr().err
