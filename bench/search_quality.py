@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import random
@@ -109,6 +110,7 @@ def _last_metric(run_dir: Path, key: str) -> float | None:
     return value
 
 
+@functools.lru_cache(maxsize=None)  # the same table for every arm and check of one invocation; read only
 def _cost_table(input_size: int, space: str = "split"):
     from partialnet.models.registry import create_model
     from partialnet.search.space_cost import build_space_cost_table
@@ -290,6 +292,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not a.flops_ratio > 0:
         ap.error(f"--flops-ratio {a.flops_ratio:g} must be > 0, e.g. 0.83")
+    if a.flops_ratio != 1.0:  # before any run: a budget the space cannot reach fails in seconds, not after the searches
+        from partialnet.errors import UserError
+        from partialnet.search.constraint import check_reachable
+
+        _, cost = _cost_table(32, a.space)
+        try:
+            check_reachable(cost, a.flops_ratio * cost.reference_macs, 0.03)
+        except UserError as e:
+            ap.error(f"--flops-ratio {a.flops_ratio:g} in space {a.space}: {e}")
     if a.quick:
         a.epochs, a.search_epochs, a.warmup_epochs, a.batches, a.seeds, a.random = 1, 2, 1, 4, "0", 1
         a.latency_runs = 10
@@ -313,15 +324,13 @@ def main(argv=None) -> int:
     arms: dict[str, tuple[str, list[float] | None]] = {"uniform r=1/4": ("uniform_r1-4", None)}
     if a.flops_ratio != 1.0:
         at_budget, at_ratio = uniform_at_budget(a.flops_ratio, a.space)
-        specs, _ = _cost_table(32, a.space)
-        split_r = next(v for s, v in zip(specs, at_budget) if s.kind != "mlp")
-        mlp_r = next((v for s, v in zip(specs, at_budget) if s.kind == "mlp"), None)
-        label = f"uniform r={split_r:g}" + (f", MLP {mlp_r:g}" if mlp_r is not None else "")
+        ratios, mlp_ratios = model_lists(at_budget, a.space)
+        label = f"uniform r={ratios[0]:g}" + (f", MLP {mlp_ratios[0]:g}" if mlp_ratios else "")
         print(f"uniform model nearest flops_ratio={a.flops_ratio:g}: {label} ({at_ratio:.3f} of the r=1/4 model's MACs)",
               flush=True)
         if at_budget != uniform_architecture(a.space):
-            arms[f"{label} (nearest the budget, {at_ratio:.3f})"] = (
-                "uniform_" + label.removeprefix("uniform ").replace("=", "").replace(", ", "_").replace(" ", ""), at_budget)
+            tag = f"uniform_r{ratios[0]:g}" + (f"_MLP{mlp_ratios[0]:g}" if mlp_ratios else "")
+            arms[f"{label} (nearest the budget, {at_ratio:.3f})"] = (tag, at_budget)
     space_overrides = [] if a.space == "split" else [f"search.space={a.space}"]
     projections, search_dirs = {}, {}
     reused = 0

@@ -96,8 +96,6 @@ def test_random_architectures_follow_the_budget():
     for ratios in search_quality.random_architectures(2, seed=5, flops_ratio=1.15):
         choice = [list(s.candidates).index(r) for s, r in zip(specs, ratios)]
         assert abs(cost.macs_of(choice) / cost.reference_macs / 1.15 - 1) <= 0.03
-    with pytest.raises(SystemExit, match="flops_ratio=0.5"):  # below anything the split space reaches
-        search_quality.random_architectures(1, seed=5, flops_ratio=0.5)
 
 
 def test_uniform_at_budget_is_the_nearest_uniform_model():
@@ -114,7 +112,12 @@ def test_uniform_at_budget_is_the_nearest_uniform_model():
         assert all(abs(ratio - budget) <= abs(other - budget) for other in own.values())
 
 
-def test_bad_flops_ratio_is_a_one_line_usage_error(capsys):
+@pytest.mark.parametrize("ratio, needle", [("0", "--flops-ratio 0 must be > 0"),
+                                           ("0.5", "--flops-ratio 0.5 in space split: no configuration")])
+def test_bad_flops_ratio_is_a_one_line_usage_error_before_any_run(monkeypatch, tmp_path, capsys, ratio, needle):
+    """A budget <= 0 or one the space cannot reach exits 2 with one line, before a search starts."""
+    monkeypatch.setattr(search_quality, "_run", lambda *a, **k: pytest.fail("a run started"))
     with pytest.raises(SystemExit) as e:
-        search_quality.main(["--flops-ratio", "0", "--quick"])
-    assert e.value.code == 2 and "--flops-ratio 0 must be > 0" in capsys.readouterr().err
+        search_quality.main(["--flops-ratio", ratio, "--quick", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and needle in err[-1] and "Traceback" not in "".join(err)

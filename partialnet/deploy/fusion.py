@@ -551,13 +551,17 @@ class FusedMlp(nn.Module):
         # weight on the conv half) and one elementwise pass finishes the attention half and leaves
         # the conv half as it is: y * (g * on + off) + shift, on/off/shift zero-padded per channel.
         rest = self.dim - c_a
-        w = torch.cat((self.gate_weight, self.gate_weight.new_zeros(1, rest)), dim=1)[:, :, None, None]
-        g = F.hardsigmoid(F.conv2d(y, w))  # (B, 1, H, W)
+        g = F.hardsigmoid(F.conv2d(y, self._full_width_gate_weight()))  # (B, 1, H, W)
         scale = torch.ones_like(self.attn_shift) if self.attn_scale is None else self.attn_scale
         pad = y.new_zeros(1, rest, 1, 1)
         on = torch.cat((scale, pad), dim=1)
         off = torch.cat((torch.zeros_like(scale), pad + 1), dim=1)
         return y * (g * on + off) + torch.cat((self.attn_shift, pad), dim=1)
+
+    def _full_width_gate_weight(self) -> torch.Tensor:
+        """PAT_sp's gate as a (1, C, 1, 1) conv weight over all channels: zero on the conv half."""
+        pad = self.gate_weight.new_zeros(1, self.dim - self.dim_attn)
+        return torch.cat((self.gate_weight, pad), dim=1)[:, :, None, None]
 
     def _finish_in_blocks(self, y: torch.Tensor) -> torch.Tensor:
         """The PAT_sp half of ``export_form='split'`` (onnxruntime's), in ops that onnxruntime runs in
@@ -567,10 +571,9 @@ class FusedMlp(nn.Module):
         ``attn_scale``) as an eval-mode BatchNorm, which onnxruntime runs as a per-channel conv."""
         c, c_a = self.dim, self.dim_attn
         rest = c - c_a
-        w = torch.cat((self.gate_weight, self.gate_weight.new_zeros(1, rest)), dim=1)[:, :, None, None]
         spread_w = torch.cat((y.new_ones(c_a), y.new_zeros(rest))).view(c, 1, 1, 1)
         spread_b = torch.cat((y.new_zeros(c_a), y.new_full((rest,), 3.0)))
-        g = F.hardsigmoid(F.conv2d(F.conv2d(y, w), spread_w, spread_b))
+        g = F.hardsigmoid(F.conv2d(F.conv2d(y, self._full_width_gate_weight()), spread_w, spread_b))
         ones = y.new_ones(c)
         scale = ones if self.attn_scale is None else torch.cat((self.attn_scale.view(-1), y.new_ones(rest)))
         shift = torch.cat((self.attn_shift.view(-1), y.new_zeros(rest)))
