@@ -101,7 +101,8 @@ def read_archive(archive: Path) -> tuple[list[str], list[tuple[str, int, int, by
     Members are matched as ``.../<train|val|test>/<class>/<file>``; a class folder without
     images, a missing ``train`` split or val classes unknown to train are :class:`UserError`.
     """
-    fix = "use the archive described in ../shared/data/README.md, or set data.root"
+    fix = ("use a tar(.gz) of JPEG/PNG files laid out as train/<class>/<image> (optionally val/ or test/ "
+           "beside it), or set data.root to a folder in that layout")
     files: dict[str, dict[str, list[tuple[str, bytes]]]] = {}
     dirs: set[tuple[str, str]] = set()
     ignored = 0
