@@ -216,12 +216,13 @@ def supernet_proxy(search_dirs: dict[str, Path], arms: dict[str, list[float]], h
                    calib_batches: int = 40, score_batches: int | None = None,
                    space: str = "split") -> dict[tuple[str, str], float]:
     """Diagnostic: how each search's supernet ranks the arms. Per (search, arm): the arm's static
-    model with the supernet's weights (``extract_static``), BatchNorm statistics re-estimated on
-    ``calib_batches`` training batches, top-1 on the scoring hold-out (after the fact: the search
-    never saw it)."""
+    model with the supernet's weights, BatchNorm statistics re-estimated on ``calib_batches``
+    training batches, top-1 on the scoring hold-out (after the fact: the search never saw it), as
+    ``search.final_selection=supernet`` scores its candidates on the search's own validation split."""
     from partialnet.data.cifar10 import CIFAR10DataModule
     from partialnet.models.registry import create_model
-    from partialnet.search.supernet import DEFAULT_CANDIDATES, extract_static, layer_specs, to_supernet
+    from partialnet.search.selection import score_choice
+    from partialnet.search.supernet import DEFAULT_CANDIDATES, layer_specs, to_supernet
 
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -236,21 +237,10 @@ def supernet_proxy(search_dirs: dict[str, Path], arms: dict[str, list[float]], h
             state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
             model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
             for arm, ratios in arms.items():
-                static = extract_static(model, specs, [list(s.candidates).index(r) for s, r in zip(specs, ratios)])
-                for m in static.modules():
-                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                        m.reset_running_stats()
-                        m.momentum = None  # cumulative average over the calibration batches
                 calib = torch.utils.data.DataLoader(train, batch_size=256, shuffle=True,
                                                     generator=torch.Generator().manual_seed(0))
-                with torch.no_grad():
-                    static.train()
-                    for i, (x, _) in zip(range(calib_batches), calib):
-                        static(x)
-                    static.eval()
-                    scored = [(int((static(x).argmax(1) == y).sum()), len(y))
-                              for _, (x, y) in zip(range(score_batches or len(hold_loader)), hold_loader)]
-                out[(search, arm)] = 100.0 * sum(c for c, _ in scored) / sum(n for _, n in scored)
+                choice = [list(s.candidates).index(r) for s, r in zip(specs, ratios)]
+                out[(search, arm)] = score_choice(model, specs, choice, calib, hold_loader, calib_batches, score_batches)[0]
                 print(f"  proxy: supernet of search ({search}), arm {arm}: {out[(search, arm)]:.2f} %", flush=True)
     finally:
         torch.set_num_threads(prev)

@@ -33,7 +33,7 @@ from partialnet.search.cost_model import CostTable
 from partialnet.search.gumbel import masked_logits
 from partialnet.search.supernet import LayerSpec
 
-__all__ = ["FinalChoice", "final_choice", "non_default_kwargs", "config_hash", "plot_ratios", "export_ratios"]
+__all__ = ["FinalChoice", "final_choice", "replace_choice", "non_default_kwargs", "config_hash", "plot_ratios", "export_ratios"]
 
 log = logging.getLogger("partialnet")
 
@@ -72,13 +72,24 @@ def final_choice(
         log_probs = F.log_softmax(masked_logits(logits, valid), dim=-1).numpy().astype(np.float64)
         proj = project_to_band(cost, log_probs, target, tol)
         choice, used, in_band = proj.choice, True, proj.in_band
+    return _result(cost, specs, choice, arg, arg_macs, used, in_band)
+
+
+def _result(cost: CostTable, specs: Sequence[LayerSpec], choice: Sequence[int], arg: Sequence[int], arg_macs: int,
+            projection_used: bool, in_band: bool) -> FinalChoice:
     ratios = [float(specs[l].candidates[c]) for l, c in enumerate(choice) if specs[l].kind != "mlp"]
     mlp = [float(specs[l].candidates[c]) for l, c in enumerate(choice) if specs[l].kind == "mlp"]
     return FinalChoice(
-        choice=list(choice), ratios=ratios, macs=cost.macs_of(choice), argmax_macs=arg_macs, projection_used=used,
-        in_band=in_band, changed_layers=[l for l, (a, b) in enumerate(zip(arg, choice)) if a != b],
-        mlp_ratios=mlp or None,
+        choice=list(choice), ratios=ratios, macs=cost.macs_of(choice), argmax_macs=arg_macs,
+        projection_used=projection_used, in_band=in_band,
+        changed_layers=[l for l, (a, b) in enumerate(zip(arg, choice)) if a != b], mlp_ratios=mlp or None,
     )
+
+
+def replace_choice(final: FinalChoice, cost: CostTable, specs: Sequence[LayerSpec], choice: Sequence[int]) -> FinalChoice:
+    """``final`` with another architecture of the band (the supernet's pick): in band, no projection;
+    ``changed_layers`` are the rows where it differs from ``final``."""
+    return _result(cost, specs, choice, final.choice, final.argmax_macs, False, True)
 
 
 def config_hash(resolved: dict) -> str:

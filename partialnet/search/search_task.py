@@ -23,7 +23,9 @@ from partialnet.search.bilevel import attach_arch_split
 from partialnet.search.constraint import BUDGET_KEYS, LOSSES, check_reachable, resolve_target
 from partialnet.search.cost_model import METRICS, CostTable
 from partialnet.search.latency_table import LatencyTable, measure_latency_table, measure_model_ms
-from partialnet.search.export import config_hash, export_ratios, final_choice, non_default_kwargs
+from partialnet.search.export import config_hash, export_ratios, final_choice, non_default_kwargs, replace_choice
+from partialnet.search.selection import (SELECTIONS, pick_best, score_choice, selection_candidates, standard_error,
+                                        write_selection)
 from partialnet.search.gumbel import SCHEDULES, temperature_at
 from partialnet.search.search_module import SearchModule
 from partialnet.search.masked_mlp import DEFAULT_MLP_CANDIDATES, parse_mlp_candidates
@@ -42,6 +44,7 @@ _SEARCH_KEYS = {
     "num_heads", "entropy_weight", "argmax_constraint", "arch_optimizer", "space", "mlp_candidates",
     "constraint", "params_target", "params_ratio", "latency_target_ms", "latency_ratio", "latency_table",
     "latency_batch_size", "latency_threads", "latency_device", "arch_split", "argmax_ramp", "weight_sampling",
+    "final_selection", "selection_samples", "selection_calib_batches", "selection_batches",
 }
 
 
@@ -90,6 +93,13 @@ def _check_search_cfg(s: dict, max_epochs: int) -> None:
     tol = float(s.get("tolerance", 0.03))
     if not 0 < tol < 1:
         raise UserError(f"search.tolerance={tol} must be in (0, 1), e.g. 0.03 for +-3 %")
+    if s.get("final_selection", "argmax") not in SELECTIONS:
+        raise UserError(f"search.final_selection={s.get('final_selection')!r} is unknown; choose one of "
+                        f"{', '.join(SELECTIONS)}")
+    for key, low in (("selection_samples", 0), ("selection_calib_batches", 0), ("selection_batches", 1)):
+        v = s.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+            raise UserError(f"search.{key}={v!r} must be an integer >= {low}" + (" or null (all)" if key == "selection_batches" else ""))
     warm = int(s.get("warmup_epochs", 0))
     if warm < 0 or warm >= max_epochs:
         raise UserError(
@@ -258,7 +268,9 @@ def search(cfg: DictConfig) -> dict:
         if trainer.is_global_zero and finished:
             return _export(parts.config, parts.run_dir, module, state["specs"], state["cost"], state["target"],
                            state["tol"], state["model_name"], state["model_kwargs"], loggers,
-                           macs_cost=state["macs_cost"], latency=state["latency"])
+                           macs_cost=state["macs_cost"], latency=state["latency"],
+                           selection=s if s.get("final_selection", "argmax") == "supernet" else None,
+                           datamodule=parts.datamodule)
         if trainer.is_global_zero:
             print(f"search stopped at epoch {trainer.current_epoch} of {max_epochs}: no ratios.yaml yet; "
                   f"re-launch into {parts.run_dir} (same run_name) to continue", flush=True)
@@ -269,9 +281,43 @@ def search(cfg: DictConfig) -> dict:
                mismatch_hint="this search (another model or other candidates?); use a new run_name or ckpt_path=null")
 
 
+def _select_by_supernet(s: dict, run_dir: Path, module: SearchModule, specs, cost, target, tol, final, datamodule):
+    """``search.final_selection=supernet``: score the argmax, the uniform architectures and samples of
+    the learned distribution in the band on the supernet (partialnet.search.selection); the best."""
+    cands = selection_candidates(cost, specs, module.arch_logits, module.arch_valid, final.choice, target, tol,
+                                 samples=int(s.get("selection_samples", 8)), seed=int(getattr(datamodule, "seed", 0)))
+    calib, val = datamodule.train_dataloader(), datamodule.val_dataloader()
+    calib_n, score_n = int(s.get("selection_calib_batches", 20)), s.get("selection_batches")
+    was_training, images = module.model.training, []
+
+    def scorer(c):
+        top1, n = score_choice(module.model, specs, c.choice, calib, val, calib_n, score_n, device=module.device)
+        images.append(n)
+        return top1
+
+    try:
+        best = pick_best(cands, scorer)
+    finally:
+        module.model.train(was_training)
+    csv_path = write_selection(run_dir / "selection.csv", cands, specs, best, cost.metric)
+    for c in cands:
+        print(f"selection: {c.source:<24} {cost.format(c.value):>14}  val top-1 {c.score:6.2f} %"
+              + ("  <- exported" if c is best else ""), flush=True)
+    spread = max(c.score for c in cands) - min(c.score for c in cands)
+    print(f"selection: {len(cands)} candidates in the band scored on the supernet ({csv_path.name}); "
+          f"exported: {best.source}. Scores span {spread:.2f} pp; one score's standard error on these "
+          f"{images[0]} validation images is +-{standard_error(best.score, images[0]):.2f} pp", flush=True)
+    log.info("final selection by the supernet: %s of %d candidates", best.source, len(cands))
+    return final if best.choice == final.choice else replace_choice(final, cost, specs, best.choice), best
+
+
 def _export(resolved, run_dir: Path, module: SearchModule, specs, cost, target, tol, model_name, model_kwargs,
-            loggers, macs_cost: CostTable | None = None, latency: LatencyTable | None = None) -> dict:
+            loggers, macs_cost: CostTable | None = None, latency: LatencyTable | None = None,
+            selection: dict | None = None, datamodule=None) -> dict:
     final = final_choice(cost, specs, module.arch_logits, module.arch_valid, target, tol, module.reference_choice)
+    selected = None
+    if selection is not None:
+        final, selected = _select_by_supernet(selection, run_dir, module, specs, cost, target, tol, final, datamodule)
     if final.projection_used:
         note = (f"projection used: the argmax architecture has {cost.format(final.argmax_macs)} "
                 f"({(final.argmax_macs / target - 1) * 100:+.1f} % of the target), outside +-{tol * 100:g} %; "
@@ -304,6 +350,8 @@ def _export(resolved, run_dir: Path, module: SearchModule, specs, cost, target, 
         "search/final_rel_error": summary["relative_error"] if cost.metric == "macs" else value / target - 1.0,
         "search/target_gmacs": target / 1e9,
         "search/projection_used": float(final.projection_used),
+        **({"search/selection_argmax_kept": float(selected.source == "argmax"),
+            "search/selection_val_acc1": selected.score} if selected is not None else {}),
         "search/final_params_m": summary["params"] / 1e6,
         **budget,
     }
