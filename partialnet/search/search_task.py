@@ -99,7 +99,8 @@ def _check_search_cfg(s: dict, max_epochs: int) -> None:
     for key, low in (("selection_samples", 0), ("selection_calib_batches", 0), ("selection_batches", 1)):
         v = s.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
-            raise UserError(f"search.{key}={v!r} must be an integer >= {low}" + (" or null (all)" if key == "selection_batches" else ""))
+            also = " or null (all)" if key == "selection_batches" else ""
+            raise UserError(f"search.{key}={v!r} must be an integer >= {low}{also}")
     warm = int(s.get("warmup_epochs", 0))
     if warm < 0 or warm >= max_epochs:
         raise UserError(
