@@ -139,20 +139,15 @@ def model_lists(arch: list[float], space: str = "split") -> tuple[list[float], l
 def uniform_at_budget(flops_ratio: float, space: str = "split") -> tuple[list[float], float]:
     """The uniform architecture (one candidate for every split row and, in ``split+mlp``, one for
     every MLP row) whose MACs are nearest ``flops_ratio`` x the r=1/4 model's, and its own ratio."""
+    from partialnet.search.selection import uniform_choices
+
     specs, cost = _cost_table(32, space)
-    split_rows = [s for s in specs if s.kind != "mlp"]
-    mlp_rows = [s for s in specs if s.kind == "mlp"]
-    best = None
-    for r in split_rows[0].candidates:
-        for m in (mlp_rows[0].candidates if mlp_rows else [None]):
-            arch = [float(m) if s.kind == "mlp" else float(r) for s in specs]
-            choice = [list(s.candidates).index(v) for s, v in zip(specs, arch)]
-            if any(s.ks[c] is None for s, c in zip(specs, choice)):
-                continue
-            ratio = cost.macs_of(choice) / cost.reference_macs
-            if best is None or abs(ratio - flops_ratio) < abs(best[1] - flops_ratio):
-                best = (arch, ratio)
-    return best
+
+    def ratio(choice: list[int]) -> float:
+        return cost.macs_of(choice) / cost.reference_macs
+
+    _, choice = min(uniform_choices(specs), key=lambda item: abs(ratio(item[1]) - flops_ratio))
+    return [float(s.candidates[c]) for s, c in zip(specs, choice)], ratio(choice)
 
 
 def random_architectures(n: int, seed: int, tol: float = 0.03, input_size: int = 32,

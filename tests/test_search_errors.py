@@ -41,8 +41,10 @@ def test_ratios_file_that_does_not_fit_is_one_line(tmp_path, content, needles):
         ("search.entropy_weight=-1", ["search.entropy_weight=-1", ">= 0"]),
         ("search.arch_split=1.5", ["search.arch_split=1.5", "[0, 1)"]),
         ("search.argmax_ramp=maybe", ["search.argmax_ramp='maybe'", "true or false"]),
+        ("search.final_selection=best", ["search.final_selection='best' is unknown", "argmax, supernet"]),
     ],
-    ids=["warmup", "loss", "candidates", "arch-optimizer", "entropy-weight", "arch-split", "argmax-ramp"],
+    ids=["warmup", "loss", "candidates", "arch-optimizer", "entropy-weight", "arch-split", "argmax-ramp",
+         "final-selection"],
 )
 def test_bad_search_settings_are_one_line(tmp_path, override, needles):
     proc = run_cli("search_dpconv.py", [*FAST_SEARCH, override, f"hydra.run.dir={tmp_path}/s"])

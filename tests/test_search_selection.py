@@ -92,6 +92,8 @@ def test_scoring_leaves_the_supernet_untouched_and_recalibrates_batchnorm(monkey
     score, n = score_choice(model, specs, choice, batches, batches, calib_batches=3, score_batches=None)
     assert 0.0 <= score <= 100.0 and n == 64
     assert score_choice(model, specs, choice, batches, batches, calib_batches=3, score_batches=2)[1] == 32
+    with pytest.raises(UserError, match="found no validation batch"):
+        score_choice(model, specs, choice, batches, [], calib_batches=1, score_batches=None)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # every BatchNorm of the scored model: statistics reset, then a cumulative average over the 3

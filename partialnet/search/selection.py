@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from partialnet.errors import UserError
 from partialnet.search.cost_model import CostTable
 from partialnet.search.gumbel import masked_logits
 from partialnet.search.supernet import LayerSpec, extract_static
@@ -110,28 +111,28 @@ def score_choice(supernet: nn.Module, specs: Sequence[LayerSpec], choice: Sequen
     """(top-1 %, images scored) of ``choice``'s static model with the supernet's weights: BatchNorm
     statistics re-estimated (cumulative average) on ``calib_batches`` batches of ``calib``, then
     scored on up to ``score_batches`` batches of ``score`` (all when None)."""
-    static = extract_static(supernet, specs, list(choice))
-    if device is not None:
-        static = static.to(device)
+    device = device or "cpu"
+    static = extract_static(supernet, specs, list(choice)).to(device)
     for m in static.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
-            m.momentum = None
+            m.momentum = None  # a cumulative average over the calibration batches
     static.train()
     for i, batch in enumerate(calib):
         if i >= calib_batches:
             break
-        static(_images(batch).to(device or "cpu"))
+        static(_images(batch).to(device))
     static.eval()
     correct = total = 0
     for i, (x, y) in enumerate(score):
         if score_batches is not None and i >= score_batches:
             break
-        y = y.to(device or "cpu")
-        correct += int((static(x.to(device or "cpu")).argmax(1) == y).sum())
+        y = y.to(device)
+        correct += int((static(x.to(device)).argmax(1) == y).sum())
         total += int(y.numel())
     if total == 0:
-        raise ValueError("the validation loader gave no batch to score the candidates on")
+        raise UserError("search.final_selection=supernet found no validation batch to score the candidates on; "
+                        "give the data a validation split or use search.final_selection=argmax")
     return 100.0 * correct / total, total
 
 
